@@ -1,0 +1,180 @@
+"""The HTTP layer both connectors share: session, timeouts, retries, redaction.
+
+Connectors never sleep or loop on errors themselves. They hand ``send`` a
+``classify`` function that turns a response into parsed JSON or raises one of
+the ``errors`` classes; ``send`` retries ``RetryableError`` with tenacity
+(waiting what the server asked for, else exponential backoff with jitter) and
+lets every other error through at once.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from .errors import ApiError, RateLimited, RetryableError
+
+log = logging.getLogger("emsync")
+
+_SECRET_PARAMS = ("access_token", "client_secret", "refresh_token", "fb_exchange_token", "input_token", "appsecret_proof", "code", "password")
+_PARAM_RE = re.compile(r"(?i)\b(" + "|".join(_SECRET_PARAMS) + r")(=|%3D|\"\s*:\s*\")([^&\s\"'#]+)")
+_BEARER_RE = re.compile(r"(?i)\b(bearer|oauth)\s+[A-Za-z0-9._~+/=|-]{8,}")
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(*values: str | None) -> None:
+    """Remember secret values so that ``redact`` masks them wherever they appear."""
+    with _secrets_lock:
+        for value in values:
+            if value and len(value) >= 6:
+                _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Mask secret query parameters, bearer tokens and every registered secret."""
+    text = _PARAM_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    text = _BEARER_RE.sub(lambda m: f"{m.group(1)} ***", text)
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Applied to every emsync log handler: no record leaves with a secret in it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+def new_session(pool_size: int):
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 4), max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = "emsync/0.1 (+https://pypi.org/project/emsync)"
+    return session
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class HttpClient:
+    """One integration's view of the shared session: counts its requests, owns its retry policy."""
+
+    # Tests replace this to avoid real waiting; everything that waits goes through it.
+    sleep: Callable[[float], None] = staticmethod(time.sleep)
+
+    def __init__(self, session, *, timeout: float, attempts: int, max_wait: float):
+        self.session = session
+        self.timeout = timeout
+        self.attempts = attempts
+        self.max_wait = max_wait
+        self.requests = 0
+
+    def pause(self, seconds: float, reason: str) -> None:
+        if seconds > 0:
+            log.info("pausing %.1fs: %s", seconds, reason)
+            type(self).sleep(seconds)
+
+    def send(self, method: str, url: str, *, classify: Callable[[Any], Any], **kwargs) -> Any:
+        """Send with retries; return what ``classify`` returns.
+
+        Raises:
+            ApiError: a subclass saying what to do next. A rate limit that
+            outlasts the retries becomes ``RateLimited``.
+        """
+        from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+        from tenacity.wait import wait_exponential_jitter
+
+        backoff = wait_exponential_jitter(initial=1, max=max(self.max_wait, 1), jitter=1)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception()
+            asked = getattr(exc, "wait", None)
+            return min(asked, self.max_wait) if asked is not None else min(backoff(state), self.max_wait)
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception()
+            log.warning(
+                "retrying %s %s in %.1fs (attempt %d of %d): %s",
+                method, redact(_short(url)), state.upcoming_sleep, state.attempt_number + 1, self.attempts, redact(str(exc)),
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(RetryableError),
+            stop=stop_after_attempt(self.attempts),
+            wait=wait,
+            sleep=lambda s: type(self).sleep(s),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt, method, url, classify, kwargs)
+        except RetryableError as exc:
+            if getattr(exc, "rate_limit", False):
+                retry_at = utcnow() + timedelta(seconds=max(exc.wait or 0, 15 * 60))
+                raise RateLimited(f"still rate limited after {self.attempts} attempts: {exc}", retry_at=retry_at) from None
+            raise
+
+    def _attempt(self, method: str, url: str, classify, kwargs) -> Any:
+        import requests
+
+        self.requests += 1
+        try:
+            response = self.session.request(method, url, timeout=(self.timeout, self.timeout), **kwargs)
+        except requests.Timeout:
+            raise RetryableError(f"no answer within {self.timeout:g}s from {_host(url)}") from None
+        except requests.ConnectionError as exc:
+            raise RetryableError(f"connection to {_host(url)} failed: {_reason(exc)}") from None
+        except requests.RequestException as exc:
+            raise RetryableError(f"request to {_host(url)} failed: {_reason(exc)}") from None
+        try:
+            return classify(response)
+        except requests.RequestException as exc:  # body cut off while reading
+            raise RetryableError(f"response from {_host(url)} was cut off: {_reason(exc)}") from None
+
+
+def parse_json(response) -> Any:
+    """The body as JSON; a truncated or non-JSON body is worth a retry."""
+    try:
+        return response.json()
+    except ValueError:
+        raise RetryableError(
+            f"HTTP {response.status_code} with a body that is not complete JSON ({len(response.content)} bytes)"
+        ) from None
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).netloc or url
+
+
+def _short(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    return redact(text.splitlines()[0][:200]) if text else type(exc).__name__
+
+
+__all__ = ["ApiError", "HttpClient", "RedactingFilter", "new_session", "parse_json", "redact", "register_secret"]

@@ -1,0 +1,67 @@
+"""Logging: plain timestamped lines or one JSON object per line, optional rotated file, always redacted."""
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+from datetime import datetime, timezone
+
+from .http import RedactingFilter
+
+LOG_FILE_BYTES = 10 * 1024 * 1024
+LOG_FILE_BACKUPS = 5
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        for key in ("integration_id", "platform", "email", "run_id", "status", "rows"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
+
+
+def formatter(kind: str) -> logging.Formatter:
+    if kind == "json":
+        return JsonFormatter()
+    fmt = logging.Formatter(TEXT_FORMAT, "%Y-%m-%dT%H:%M:%S%z")
+    return fmt
+
+
+def configure(*, log_format: str, log_file: str | None, console: logging.Handler | None, verbose: bool) -> list[logging.Handler]:
+    """Attach emsync's handlers to the "emsync" logger; returns them so the caller can detach."""
+    logger = logging.getLogger("emsync")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    handlers: list[logging.Handler] = []
+    if console is not None:
+        handlers.append(console)
+    if log_file:
+        from .errors import ConfigError
+
+        try:
+            file_handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"EMSYNC_LOG_FILE: cannot open {log_file}: {exc.strerror}") from None
+        file_handler.setFormatter(formatter(log_format))
+        handlers.append(file_handler)
+    for handler in handlers:
+        handler.addFilter(RedactingFilter())
+        logger.addHandler(handler)
+    return handlers
+
+
+def detach(handlers: list[logging.Handler]) -> None:
+    logger = logging.getLogger("emsync")
+    for handler in handlers:
+        logger.removeHandler(handler)
+        handler.close()

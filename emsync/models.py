@@ -1,0 +1,125 @@
+"""The database schema the dashboard reads (see CONTRACT.md, "Database").
+
+Timestamps are timezone-aware UTC (``timestamptz`` on PostgreSQL, ISO text on
+SQLite). Money and conversions are NUMERIC(18, 6): exact on PostgreSQL,
+and rounded to six places when read back from SQLite.
+"""
+from __future__ import annotations
+
+import warnings
+from datetime import date as Date
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Optional
+
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, UniqueConstraint
+from sqlalchemy import exc as sa_exc
+from sqlmodel import Field, SQLModel
+
+# SQLite has no decimal type; SQLAlchemy rounds to the column's scale on the
+# way back, which is exactly the precision we promise, so the warning is noise.
+warnings.filterwarnings("ignore", message=r".*does \*not\* support Decimal objects natively", category=sa_exc.SAWarning)
+
+PLATFORMS = ("meta", "google")
+STATUSES = ("never_synced", "ok", "error", "needs_reauth", "rate_limited")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, sa_column_kwargs={"unique": True}, nullable=False)
+    name: Optional[str] = Field(default=None, max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, nullable=False)
+
+
+class Integration(SQLModel, table=True):
+    __tablename__ = "integrations"
+    __table_args__ = (UniqueConstraint("user_id", "platform", "account_id", name="uq_integrations_user_platform_account"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    user_id: int = Field(sa_column=Column(Integer, ForeignKey("users.id"), nullable=False, index=True))
+    platform: str = Field(max_length=16, nullable=False)
+    account_id: str = Field(max_length=32, nullable=False)
+    login_customer_id: Optional[str] = Field(default=None, max_length=32)
+    account_name: Optional[str] = Field(default=None, max_length=300)
+    is_active: bool = Field(default=True, nullable=False)
+    status: str = Field(default="never_synced", max_length=16, nullable=False)
+    last_synced_at: Optional[datetime] = None
+    last_full_sync_at: Optional[datetime] = None
+    last_attempt_at: Optional[datetime] = None
+    last_error: Optional[str] = None
+    rate_limited_until: Optional[datetime] = None
+    token_expires_at: Optional[datetime] = None
+    currency: Optional[str] = Field(default=None, max_length=8)
+    time_zone: Optional[str] = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, nullable=False)
+    # Fernet ciphertexts; never clear text.
+    access_token_enc: Optional[str] = Field(default=None, repr=False)
+    refresh_token_enc: Optional[str] = Field(default=None, repr=False)
+    cached_access_token_enc: Optional[str] = Field(default=None, repr=False)
+    cached_access_token_expires_at: Optional[datetime] = None
+
+
+class CampaignMetric(SQLModel, table=True):
+    __tablename__ = "campaign_metrics"
+    __table_args__ = (Index("ix_campaign_metrics_date", "date"),)
+
+    integration_id: int = Field(sa_column=Column(Integer, ForeignKey("integrations.id"), primary_key=True))
+    campaign_id: str = Field(primary_key=True, max_length=64)
+    date: Date = Field(primary_key=True)
+    campaign_name: Optional[str] = Field(default=None, max_length=500)
+    spend: Decimal = Field(default=Decimal(0), max_digits=18, decimal_places=6, nullable=False)
+    impressions: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    clicks: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    conversions: Decimal = Field(default=Decimal(0), max_digits=18, decimal_places=6, nullable=False)
+    revenue: Decimal = Field(default=Decimal(0), max_digits=18, decimal_places=6, nullable=False)
+    ctr: Optional[Decimal] = Field(default=None, max_digits=18, decimal_places=6)
+    cpc: Optional[Decimal] = Field(default=None, max_digits=18, decimal_places=6)
+    roas: Optional[Decimal] = Field(default=None, max_digits=18, decimal_places=6)
+    currency: Optional[str] = Field(default=None, max_length=8)
+    synced_at: datetime = Field(default_factory=utcnow, nullable=False)
+
+
+class SyncRun(SQLModel, table=True):
+    __tablename__ = "sync_runs"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    trigger: str = Field(max_length=16, nullable=False)  # cron | manual | user | server | demo
+    host: str = Field(max_length=255, nullable=False)
+    pid: int = Field(nullable=False)
+    scope: Optional[str] = Field(default=None, max_length=400)  # e.g. "user anna@example.com, platform meta"
+    full: bool = Field(default=False, nullable=False)
+    started_at: datetime = Field(default_factory=utcnow, nullable=False, index=True)
+    heartbeat_at: datetime = Field(default_factory=utcnow, nullable=False)
+    finished_at: Optional[datetime] = None
+    status: str = Field(default="running", max_length=16, nullable=False)  # running | ok | failed | died
+    integrations_total: int = Field(default=0, nullable=False)
+    succeeded: int = Field(default=0, nullable=False)
+    failed: int = Field(default=0, nullable=False)
+    skipped: int = Field(default=0, nullable=False)
+    rows: int = Field(default=0, nullable=False)
+
+
+class SyncAttempt(SQLModel, table=True):
+    __tablename__ = "sync_attempts"
+    __table_args__ = (Index("ix_sync_attempts_integration_finished", "integration_id", "finished_at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: int = Field(sa_column=Column(Integer, ForeignKey("sync_runs.id"), nullable=False, index=True))
+    integration_id: int = Field(sa_column=Column(Integer, ForeignKey("integrations.id"), nullable=False))
+    window_start: Optional[Date] = None
+    window_end: Optional[Date] = None
+    full: bool = Field(default=False, nullable=False)
+    started_at: datetime = Field(default_factory=utcnow, nullable=False)
+    finished_at: Optional[datetime] = None
+    status: str = Field(max_length=16, nullable=False)
+    rows: int = Field(default=0, nullable=False)
+    api_requests: int = Field(default=0, nullable=False)
+    duration_s: float = Field(default=0.0, nullable=False)
+    error: Optional[str] = None

@@ -1,0 +1,138 @@
+"""Rich tables and the progress display. Only the CLI layer calls this module."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from rich.console import Console
+from rich.table import Table
+
+from .connectors.base import account_label as _label
+
+STATUS_STYLE = {"ok": "green", "never_synced": "dim", "error": "red", "needs_reauth": "bold red", "rate_limited": "yellow", "skipped": "dim"}
+
+
+def account_label(row: dict) -> str:
+    return _label(row["platform"], row["account_id"])
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return "—"
+    delta = datetime.now(timezone.utc) - value
+    seconds = int(delta.total_seconds())
+    if seconds < 0:
+        return value.strftime("%Y-%m-%d %H:%M")
+    if seconds < 90:
+        return f"{seconds}s ago"
+    if seconds < 5400:
+        return f"{seconds // 60}m ago"
+    if seconds < 172800:
+        return f"{seconds // 3600}h ago"
+    return value.strftime("%Y-%m-%d %H:%M")
+
+
+def _status(value: str) -> str:
+    return f"[{STATUS_STYLE.get(value, 'white')}]{value}[/]"
+
+
+def _one_line(text: str | None, width: int = 70) -> str:
+    if not text:
+        return ""
+    line = text.splitlines()[0]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def users_table(users: list[dict]) -> Table:
+    table = Table(title="Users")
+    for col in ("id", "email", "name", "integrations", "created"):
+        table.add_column(col)
+    for u in users:
+        table.add_row(str(u["id"]), u["email"], u["name"] or "", str(u["integrations"]), u["created_at"].strftime("%Y-%m-%d"))
+    return table
+
+
+def integrations_table(rows: list[dict]) -> Table:
+    table = Table(title="Integrations")
+    for col in ("id", "user", "platform", "account", "active", "status", "last sync", "token expires", "last error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            str(r["id"]), r["email"], r["platform"], account_label(r), "yes" if r["is_active"] else "no", _status(r["status"]),
+            _when(r["last_synced_at"]), r["token_expires_at"].strftime("%Y-%m-%d") if r["token_expires_at"] else "—",
+            _one_line(r["last_error"], 50),
+        )
+    return table
+
+
+def print_status(console: Console, report: dict) -> None:
+    table = Table(title=f"Integrations — {report['database']}")
+    for col in ("id", "user", "platform", "account", "status", "last success", "rows in window", "token expires", "rate limited until", "last error"):
+        table.add_column(col, overflow="fold")
+    for i in report["integrations"]:
+        expires = i["token_expires_at"]
+        expiry = "—" if expires is None else (f"[bold red]{expires:%Y-%m-%d}[/]" if i["token_expires_soon"] else f"{expires:%Y-%m-%d}")
+        limited = i["rate_limited_until"].strftime("%Y-%m-%d %H:%M") if i["rate_limited_until"] and i["status"] == "rate_limited" else "—"
+        status = _status(i["status"]) if i["is_active"] else "[dim]disabled[/]"
+        table.add_row(
+            str(i["id"]), i["email"], i["platform"], i["account"], status, _when(i["last_synced_at"]),
+            str(i["rows_in_window"]), expiry, limited, _one_line(i["last_error"], 60),
+        )
+    console.print(table)
+    runs = Table(title="Last runs")
+    for col in ("id", "started", "trigger", "host", "duration", "status", "ok", "failed", "skipped", "rows"):
+        runs.add_column(col)
+    for r in report["runs"]:
+        runs.add_row(
+            str(r["id"]), _when(r["started_at"]), r["trigger"], r["host"],
+            f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "—", _status({"failed": "error", "died": "error"}.get(r["status"], r["status"])) if r["status"] != "running" else "running",
+            str(r["succeeded"]), str(r["failed"]), str(r["skipped"]), str(r["rows"]),
+        )
+    console.print(runs)
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+class SyncProgress:
+    """A progress bar on stderr with one line per finished integration above it."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]Syncing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console, transient=True
+        )
+        self.task = None
+
+    def start(self, total: int) -> None:
+        self.task = self.progress.add_task("sync", total=total)
+        self.progress.start()
+
+    def advance(self, result) -> None:
+        label = _label(result.platform, result.account_id)
+        if result.status == "ok":
+            line = f"[green]✓[/] {result.platform} {result.email} {label}: {result.rows} rows, {result.api_requests} requests, {result.duration_s:.1f}s"
+        elif result.status == "skipped":
+            line = f"[dim]- {result.platform} {result.email} {label}: skipped ({result.error})[/]"
+        else:
+            line = f"[red]✗[/] {result.platform} {result.email} {label}: {_status(result.status)} {_one_line(result.error, 100)}"
+        self.progress.console.print(line, highlight=False)
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+    def log_handler(self, verbose: bool) -> logging.Handler:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=self.console, show_path=False, markup=False)
+        handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+        return handler
+
+
+def print_run(result) -> None:
+    console = Console()
+    style = "green" if not result.failed else "red"
+    console.print(f"[{style}]{result.summary()}[/]")

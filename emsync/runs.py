@@ -1,0 +1,131 @@
+"""Run and attempt records, and the integration state that follows an attempt."""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, insert, or_, select, update
+
+from .models import utcnow
+from .store import integrations_t, attempts_t, runs_t, users_t
+
+# A run on another host that has not written for this long is taken as dead.
+STALE_RUN = timedelta(hours=2)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def looks_dead(run: dict, host: str, now: datetime) -> bool:
+    """A "running" run whose process is gone (same host) or that stopped writing (any host)."""
+    same_host_gone = run["host"] == host and run["pid"] != os.getpid() and not pid_alive(run["pid"])
+    return same_host_gone or now - run["heartbeat_at"] > STALE_RUN
+
+
+def start_run(conn, *, trigger: str, host: str, scope: str | None, full: bool) -> tuple[int, datetime]:
+    now = utcnow()
+    values = dict(trigger=trigger, host=host, pid=os.getpid(), scope=scope, full=full, started_at=now, heartbeat_at=now, status="running")
+    return conn.execute(insert(runs_t).values(**values)).inserted_primary_key[0], now
+
+
+def bury_dead_runs(conn, host: str) -> int:
+    """Mark runs that died (killed, crashed, machine rebooted) so they never show as running forever."""
+    now = utcnow()
+    running = conn.execute(
+        select(runs_t.c.id, runs_t.c.host, runs_t.c.pid, runs_t.c.heartbeat_at).where(runs_t.c.status == "running")
+    )
+    dead = [r.id for r in running if looks_dead(dict(r._mapping), host, now)]
+    if dead:
+        conn.execute(update(runs_t).where(runs_t.c.id.in_(dead)).values(status="died", finished_at=now))
+    return len(dead)
+
+
+def finish_run(conn, run_id: int, *, total: int, succeeded: int, failed: int, skipped: int, rows: int) -> None:
+    conn.execute(
+        update(runs_t)
+        .where(runs_t.c.id == run_id)
+        .values(
+            status="failed" if failed else "ok", finished_at=utcnow(), heartbeat_at=utcnow(),
+            integrations_total=total, succeeded=succeeded, failed=failed, skipped=skipped, rows=rows,
+        )
+    )
+
+
+def record_attempt(conn, *, run_id: int, integration_id: int, window, started_at: datetime, status: str, rows: int,
+                   api_requests: int, error: str | None) -> datetime:
+    finished = utcnow()
+    conn.execute(
+        insert(attempts_t).values(
+            run_id=run_id, integration_id=integration_id,
+            window_start=window.since if window else None, window_end=window.until if window else None,
+            full=bool(window and window.full), started_at=started_at, finished_at=finished, status=status,
+            rows=rows, api_requests=api_requests, duration_s=(finished - started_at).total_seconds(), error=error,
+        )
+    )
+    conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(heartbeat_at=finished))
+    return finished
+
+
+def mark_success(conn, integration_id: int, *, finished_at: datetime, full: bool) -> None:
+    values = dict(status="ok", last_synced_at=finished_at, last_attempt_at=finished_at, last_error=None,
+                  rate_limited_until=None, updated_at=finished_at)
+    if full:
+        values["last_full_sync_at"] = finished_at
+    conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))
+
+
+def mark_failure(conn, integration_id: int, *, finished_at: datetime, status: str, error: str, retry_at: datetime | None) -> None:
+    conn.execute(
+        update(integrations_t)
+        .where(integrations_t.c.id == integration_id)
+        .values(status=status, last_error=error[:2000], last_attempt_at=finished_at, rate_limited_until=retry_at, updated_at=finished_at)
+    )
+
+
+def due_integrations(conn, *, email: str | None, platform: str | None, include_reauth: bool, now: datetime) -> list[dict]:
+    """Active integrations a run should take, in id order (see CONTRACT.md, "Which integrations a run takes")."""
+    query = (
+        select(integrations_t.c.id, integrations_t.c.platform, integrations_t.c.account_id, users_t.c.email)
+        .join(users_t, users_t.c.id == integrations_t.c.user_id)
+        .where(integrations_t.c.is_active.is_(True))
+        .where(or_(integrations_t.c.status != "rate_limited", integrations_t.c.rate_limited_until.is_(None), integrations_t.c.rate_limited_until <= now))
+        .order_by(integrations_t.c.id)
+    )
+    if not include_reauth:
+        query = query.where(integrations_t.c.status != "needs_reauth")
+    if email is not None:
+        query = query.where(users_t.c.email == email)
+    if platform is not None:
+        query = query.where(integrations_t.c.platform == platform)
+    return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def sync_state(conn, integration_id: int) -> dict | None:
+    row = conn.execute(select(integrations_t).where(integrations_t.c.id == integration_id)).first()
+    return dict(row._mapping) if row else None
+
+
+def recent_runs(conn, limit: int = 10) -> list[dict]:
+    query = select(runs_t).order_by(runs_t.c.id.desc()).limit(limit)
+    return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def last_attempts(conn, integration_ids: list[int]) -> dict[int, dict]:
+    """The newest attempt of each integration."""
+    if not integration_ids:
+        return {}
+    newest = (
+        select(attempts_t.c.integration_id, func.max(attempts_t.c.id).label("id"))
+        .where(attempts_t.c.integration_id.in_(integration_ids))
+        .group_by(attempts_t.c.integration_id)
+        .subquery()
+    )
+    query = select(attempts_t).join(newest, and_(attempts_t.c.id == newest.c.id))
+    return {r.integration_id: dict(r._mapping) for r in conn.execute(query)}
