@@ -343,7 +343,8 @@ def _run_sync(email: Optional[str], platform: Optional[str], full: bool, json_ou
     from .output import run_with_output
 
     ctx = _ctx()
-    code = run_with_output(ctx, email=email, platform=_platform(platform), full=full, json_out=json_out, quiet=quiet, trigger=trigger)
+    code = run_with_output(ctx.settings, ctx.engine(), verbose=ctx.verbose, email=email, platform=_platform(platform), full=full,
+                           json_out=json_out, quiet=quiet, trigger=trigger)
     raise typer.Exit(code)
 
 

@@ -43,13 +43,12 @@ def result_json(result) -> dict:
     }
 
 
-def run_with_output(ctx, *, email, platform, full, json_out, quiet, trigger) -> int:
+def run_with_output(settings, engine, *, verbose: bool, email=None, platform=None, full=False, json_out=False, quiet=False,
+                    trigger=None) -> int:
     """Run the engine with the output mode the invocation asked for; returns the exit code."""
     from .healthcheck import Healthcheck
     from .sync import Engine, SyncOptions
 
-    settings = ctx.settings
-    engine = ctx.engine()
     interactive = sys.stderr.isatty() and not json_out and not quiet
     trigger = trigger or ("manual" if sys.stdin.isatty() else "cron")
 
@@ -63,7 +62,7 @@ def run_with_output(ctx, *, email, platform, full, json_out, quiet, trigger) -> 
     else:
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logs.formatter(settings.log_format))
-    handlers = logs.configure(log_format=settings.log_format, log_file=settings.log_file, console=console, verbose=ctx.verbose)
+    handlers = logs.configure(log_format=settings.log_format, log_file=settings.log_file, console=console, verbose=verbose)
 
     ping = Healthcheck(settings.healthcheck_url) if email is None else None
     if ping:
@@ -74,7 +73,7 @@ def run_with_output(ctx, *, email, platform, full, json_out, quiet, trigger) -> 
             from .render import SyncProgress
 
             progress = SyncProgress()
-            handlers += logs.configure(log_format="text", log_file=None, console=progress.log_handler(verbose=ctx.verbose), verbose=ctx.verbose)
+            handlers += logs.configure(log_format="text", log_file=None, console=progress.log_handler(verbose=verbose), verbose=verbose)
             sync_engine = Engine(settings, engine, on_start=progress.start, on_result=progress.advance)
         else:
             sync_engine = Engine(settings, engine)

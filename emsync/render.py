@@ -9,6 +9,7 @@ from rich.table import Table
 
 from .connectors.base import account_label as _label
 
+RUN_STYLE = {"ok": "[green]ok[/]", "failed": "[red]failed[/]", "died": "[red]died[/]", "running": "[cyan]running[/]"}
 STATUS_STYLE = {"ok": "green", "never_synced": "dim", "error": "red", "needs_reauth": "bold red", "rate_limited": "yellow", "skipped": "dim"}
 
 
@@ -85,7 +86,7 @@ def print_status(console: Console, report: dict) -> None:
     for r in report["runs"]:
         runs.add_row(
             str(r["id"]), _when(r["started_at"]), r["trigger"], r["host"],
-            f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "—", _status({"failed": "error", "died": "error"}.get(r["status"], r["status"])) if r["status"] != "running" else "running",
+            f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "—", RUN_STYLE.get(r["status"], r["status"]),
             str(r["succeeded"]), str(r["failed"]), str(r["skipped"]), str(r["rows"]),
         )
     console.print(runs)

@@ -170,7 +170,7 @@ class MetaConnector:
             raise FatalApiError(f"Meta answered HTTP {response.status_code} without an error description")
         code = error.get("code")
         sub = error.get("error_subcode")
-        message = str(error.get("message", "")).strip()
+        message = str(error.get("message", "")).strip().rstrip(".")
         trace = error.get("fbtrace_id")
         label = f"Meta error {code}" + (f"/{sub}" if sub else "") + f": {message}"
         if code in TOKEN_CODES:

@@ -1,0 +1,286 @@
+"""The sandbox HTTP server: real sockets on loopback, both APIs, per-account faults, a request log.
+
+Usage in tests, the demo and the benchmark::
+
+    with Sandbox({"meta_accounts": {"123": {"faults": [{"kind": "server_error", "times": 1}]}}}) as sb:
+        env = sb.env()            # META_GRAPH_URL=..., GOOGLE_ADS_API_URL=..., ...
+        ...
+        sb.count("meta.insights", "123")
+
+A fault is ``{"kind": ..., "times": N}`` (``times`` absent: every time) and
+applies to the account's metrics endpoint unless it names another
+``endpoint``. Kinds common to both platforms: ``server_error``, ``slow``
+(``seconds``), ``truncated``, ``drop``. Meta: ``rate_limit`` (``code``,
+``eta_minutes``), ``page_error`` (``page``), ``token_expired``,
+``token_revoked``, ``permission``, ``reduce_data``, ``usage_high``,
+``bad_cursor_loop``. Google: ``rate_limit`` (``retry_seconds``),
+``quota_exhausted`` (``retry_seconds``), ``unauthenticated``,
+``permission_denied``, ``not_enabled``, ``error_in_stream``, ``bad_query``.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+from zoneinfo import ZoneInfo
+
+DEFAULTS = {
+    "seed": 7,
+    "campaigns": 5,
+    "meta_app_id": "sandbox-app",
+    "meta_app_secret": "sandbox-app-secret-0123456789",
+    "google_client_id": "sandbox-client.apps.googleusercontent.com",
+    "google_client_secret": "sandbox-client-secret-0123456789",
+    "google_token_ttl": 3599,
+    "google_batch_size": 10000,
+    "meta_max_limit": 5000,
+    "async_polls": 2,
+    "restate": False,
+    "auto_accounts": True,
+    "revoked_refresh_tokens": [],
+    "meta_revoked_tokens": [],
+}
+LOCALES = (("PLN", "Europe/Warsaw"), ("USD", "America/New_York"), ("EUR", "Europe/Berlin"), ("GBP", "Europe/London"))
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    form: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    base_url: str
+
+    @property
+    def params(self) -> dict[str, str]:
+        return {**self.query, **self.form}
+
+
+@dataclass
+class Response:
+    status: int
+    body: object = None
+    headers: dict[str, str] = field(default_factory=dict)
+    truncate: bool = False
+    drop: bool = False
+
+
+class Sandbox:
+    """Fake Meta Graph API + Google Ads REST API + Google OAuth, on 127.0.0.1."""
+
+    def __init__(self, scenario: dict | None = None, *, latency_ms: float = 0, port: int = 0, host: str = "127.0.0.1"):
+        self.scenario = {**DEFAULTS, **(scenario or {})}
+        self.scenario.setdefault("meta_accounts", {})
+        self.scenario.setdefault("google_customers", {})
+        self.latency = latency_ms / 1000.0
+        self._lock = threading.Lock()
+        self.log: list[dict] = []
+        self._fault_use: dict[tuple, int] = {}
+        self._calls: dict[tuple, int] = {}
+        self.meta_tokens_issued: dict[str, float] = {}
+        self.google_access_tokens: dict[str, float] = {}
+        self.report_runs: dict[str, dict] = {}
+        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server.daemon_threads = True
+        self._server.request_queue_size = 256
+        self._server.sandbox = self
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "Sandbox":
+        self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> "Sandbox":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def env(self) -> dict[str, str]:
+        """Settings that point emsync at this sandbox."""
+        s = self.scenario
+        return {
+            "META_GRAPH_URL": self.url,
+            "GOOGLE_ADS_API_URL": self.url,
+            "GOOGLE_OAUTH_TOKEN_URL": f"{self.url}/token",
+            "META_APP_ID": s["meta_app_id"],
+            "META_APP_SECRET": s["meta_app_secret"],
+            "GOOGLE_OAUTH_CLIENT_ID": s["google_client_id"],
+            "GOOGLE_OAUTH_CLIENT_SECRET": s["google_client_secret"],
+        }
+
+    # ---------------------------------------------------------------- accounts, faults, log
+
+    def account(self, platform: str, account_id: str) -> dict | None:
+        key = "meta_accounts" if platform == "meta" else "google_customers"
+        accounts = self.scenario[key]
+        if account_id in accounts:
+            found = accounts[account_id] or {}
+        elif self.scenario["auto_accounts"]:
+            found = {}
+        else:
+            return None
+        currency, tz = LOCALES[int(account_id) % len(LOCALES)]
+        return {"campaigns": self.scenario["campaigns"], "currency": currency, "timezone": tz,
+                "name": f"{platform.title()} account {account_id}", "conversions": "standard", "faults": [],
+                "restate": self.scenario["restate"], **found}
+
+    def set_account(self, platform: str, account_id: str, **config) -> None:
+        key = "meta_accounts" if platform == "meta" else "google_customers"
+        with self._lock:
+            self.scenario[key][account_id] = {**(self.scenario[key].get(account_id) or {}), **config}
+
+    def take_fault(self, platform: str, account_id: str, endpoint: str, kinds: tuple[str, ...], **match) -> dict | None:
+        """The first active fault of one of ``kinds`` for this endpoint, consuming one of its ``times``."""
+        account = self.account(platform, account_id) or {}
+        with self._lock:
+            for index, fault in enumerate(account.get("faults") or []):
+                if fault.get("kind") not in kinds or fault.get("endpoint", _default_endpoint(platform)) != endpoint:
+                    continue
+                if any(fault.get(k) is not None and fault.get(k) != v for k, v in match.items()):
+                    continue
+                key = (platform, account_id, index)
+                used = self._fault_use.get(key, 0)
+                if fault.get("times") is not None and used >= fault["times"]:
+                    continue
+                self._fault_use[key] = used + 1
+                return fault
+        return None
+
+    def next_call(self, platform: str, account_id: str, endpoint: str) -> int:
+        """How many earlier calls this endpoint had for the account (0 for the first)."""
+        with self._lock:
+            key = (platform, account_id, endpoint)
+            n = self._calls.get(key, 0)
+            self._calls[key] = n + 1
+            return n
+
+    def record(self, kind: str, account: str | None, method: str, path: str, status: int) -> None:
+        with self._lock:
+            self.log.append({"ts": time.time(), "kind": kind, "account": account, "method": method, "path": path, "status": status})
+
+    def count(self, kind: str | None = None, account: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for e in self.log if (kind is None or e["kind"] == kind) and (account is None or e["account"] == account))
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self.log.clear()
+
+    def today(self, tz_name: str) -> date:
+        return datetime.now(timezone.utc).astimezone(ZoneInfo(tz_name)).date()
+
+    # ---------------------------------------------------------------- dispatch
+
+    def handle(self, request: Request) -> tuple[str, str | None, Response]:
+        from . import google, meta
+
+        if request.path.startswith("/__sandbox/"):
+            return "sandbox", None, self._control(request)
+        if request.path == "/token":
+            return google.token(self, request)
+        if "/customers/" in request.path:
+            return google.search_stream(self, request)
+        return meta.route(self, request)
+
+    def _control(self, request: Request) -> Response:
+        if request.path == "/__sandbox/requests":
+            with self._lock:
+                return Response(200, {"requests": list(self.log)})
+        if request.path == "/__sandbox/reset" and request.method == "POST":
+            self.reset_log()
+            return Response(200, {"ok": True})
+        return Response(404, {"error": "unknown sandbox control path"})
+
+
+def _default_endpoint(platform: str) -> str:
+    return "insights" if platform == "meta" else "search_stream"
+
+
+def apply_common_faults(sb: Sandbox, platform: str, account_id: str, endpoint: str, **match) -> Response | None:
+    """Faults that look the same on both platforms' wires."""
+    fault = sb.take_fault(platform, account_id, endpoint, ("slow", "drop", "truncated"), **match)
+    if fault is None:
+        return None
+    if fault["kind"] == "slow":
+        time.sleep(float(fault.get("seconds", 3)))  # then answer normally, too late for the client
+        return None
+    if fault["kind"] == "drop":
+        return Response(0, drop=True)
+    return Response(200, truncate=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "emsync-sandbox/1"
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        sb: Sandbox = self.server.sandbox
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        form = dict(parse_qsl(body.decode("utf-8", "replace"))) if "form-urlencoded" in (self.headers.get("Content-Type") or "") else {}
+        host = self.headers.get("Host") or "%s:%s" % self.server.server_address[:2]
+        request = Request(self.command, parts.path, dict(parse_qsl(parts.query, keep_blank_values=True)), form,
+                          {k.lower(): v for k, v in self.headers.items()}, body, f"http://{host}")
+        if sb.latency:
+            time.sleep(sb.latency)
+        try:
+            kind, account, response = sb.handle(request)
+        except Exception as exc:  # a sandbox bug must look like a server error, not hang the client
+            kind, account, response = "error", None, Response(500, {"error": {"message": f"sandbox bug: {exc}", "code": 2}})
+        sb.record(kind, account, self.command, parts.path, response.status)
+        if response.drop:
+            self.close_connection = True
+            return
+        payload = json.dumps(response.body if response.body is not None else {}).encode()
+        if response.truncate:
+            payload = _truncated_payload(sb, request)
+        try:
+            self.send_response(response.status)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+def _truncated_payload(sb: Sandbox, request: Request) -> bytes:
+    """The first half of a plausible body: valid HTTP, broken JSON."""
+    sample = json.dumps({"data": [{"campaign_id": "1", "spend": "1.00"}] * 20, "paging": {}}).encode()
+    return sample[: len(sample) // 2]
+
+
+def new_id(prefix: str = "") -> str:
+    return prefix + secrets.token_hex(8)
