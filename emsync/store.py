@@ -218,6 +218,12 @@ def load_secrets(conn, integration_id: int) -> dict:
     return dict(conn.execute(select(*cols).where(integrations_t.c.id == integration_id)).one()._mapping)
 
 
+def any_encrypted_token(conn) -> str | None:
+    """One stored ciphertext, to check the configured key before a run writes anything."""
+    column = func.coalesce(integrations_t.c.access_token_enc, integrations_t.c.refresh_token_enc)
+    return conn.execute(select(column).where(column.is_not(None)).limit(1)).scalar()
+
+
 def save_tokens(conn, integration_id: int, **values) -> None:
     """Persist encrypted token columns a connector renewed."""
     allowed = {"access_token_enc", "token_expires_at", "cached_access_token_enc", "cached_access_token_expires_at"}

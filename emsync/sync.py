@@ -126,6 +126,10 @@ class Engine:
         clock = time.monotonic()
         scope = ", ".join(p for p in (options.email and f"user {options.email}", options.platform and f"platform {options.platform}") if p) or None
         with self.engine.begin() as conn:
+            sample = store.any_encrypted_token(conn)
+        if sample is not None:
+            self.box.decrypt(sample)  # a wrong key is a configuration error: fail before writing anything
+        with self.engine.begin() as conn:
             runs.bury_dead_runs(conn, self.host)
             run_id, started_at = runs.start_run(conn, trigger=options.trigger, host=self.host, scope=scope, full=options.full)
         result = RunResult(run_id=run_id, started_at=started_at)
@@ -183,18 +187,15 @@ class Engine:
         clock = time.monotonic()
         s = self.settings
         api = HttpClient(session, timeout=s.http_timeout, attempts=s.retry_attempts, max_wait=s.retry_max_wait)
-        creds = Credentials(
-            access_token=self.box.decrypt(state["access_token_enc"]),
-            token_expires_at=state["token_expires_at"],
-            refresh_token=self.box.decrypt(state["refresh_token_enc"]),
-            cached_access_token=self.box.decrypt(state["cached_access_token_enc"]),
-            cached_access_token_expires_at=state["cached_access_token_expires_at"],
-        )
-        register_secret(*creds.secrets())
+        creds = Credentials(token_expires_at=state["token_expires_at"], cached_access_token_expires_at=state["cached_access_token_expires_at"])
         connector = make_connector(state["platform"], s, api)
         account = Account(state["platform"], state["account_id"], state["login_customer_id"], state["time_zone"])
         window = None
         try:
+            creds.access_token = self.box.decrypt(state["access_token_enc"])
+            creds.refresh_token = self.box.decrypt(state["refresh_token_enc"])
+            creds.cached_access_token = self.box.decrypt(state["cached_access_token_enc"])
+            register_secret(*creds.secrets())
             connector.prepare(creds)
             self._save_tokens(state["id"], creds)
             if state["currency"] is None and state["time_zone"] is None:

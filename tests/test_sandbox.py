@@ -1,0 +1,278 @@
+"""The sandbox answers in the documented shapes, and every fault reaches a client over real HTTP."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import date, timedelta
+
+import pytest
+import requests
+
+from emsync.sandbox import Sandbox
+from emsync.sandbox.data import day_stats
+
+V = "v25.0"
+GV = "v26"
+
+
+@pytest.fixture
+def sb():
+    with Sandbox({"campaigns": 3, "meta_accounts": {"77": {"conversions": "pixel_only"}}}) as s:
+        yield s
+
+
+def _range(days=30, today=None):
+    today = today or date.today()
+    return json.dumps({"since": (today - timedelta(days=days - 1)).isoformat(), "until": today.isoformat()})
+
+
+def _insights(sb, account="123", **params):
+    query = {"level": "campaign", "time_increment": "1", "time_range": _range(), "limit": "500",
+             "fields": "campaign_id,campaign_name,spend,impressions,clicks,actions,action_values", "access_token": "EAABt0ken", **params}
+    return requests.get(f"{sb.url}/{V}/act_{account}/insights", params=query, timeout=5)
+
+
+def test_meta_insights_shape_strings_absent_fields_and_usage_headers(sb):
+    response = _insights(sb)
+    assert response.status_code == 200
+    body = response.json()
+    rows = body["data"]
+    assert rows, "the sandbox produced no data"
+    for row in rows:
+        assert isinstance(row["spend"], str) and isinstance(row["impressions"], str)
+        assert row["date_start"] == row["date_stop"]
+        if "clicks" not in row:
+            assert "actions" not in row or all(a["action_type"] != "link_click" for a in row["actions"])
+    assert any("actions" not in r for r in rows) or any("action_values" not in r for r in rows), "absent fields expected"
+    purchase_rows = [r for r in rows if "action_values" in r]
+    types = {a["action_type"] for r in purchase_rows for a in r["actions"]}
+    assert {"omni_purchase", "purchase", "offsite_conversion.fb_pixel_purchase", "link_click"} <= types
+    buc = json.loads(response.headers["X-Business-Use-Case-Usage"])
+    assert set(buc["123"][0]) >= {"call_count", "total_cputime", "total_time", "estimated_time_to_regain_access"}
+    assert "acc_id_util_pct" in json.loads(response.headers["X-Ad-Account-Usage"])
+
+
+def test_meta_pixel_only_account_carries_only_the_pixel_type(sb):
+    rows = _insights(sb, account="77").json()["data"]
+    types = {a["action_type"] for r in rows for a in r.get("actions", [])}
+    assert "offsite_conversion.fb_pixel_purchase" in types
+    assert not types & {"omni_purchase", "purchase"}
+
+
+def test_meta_paging_next_is_absolute_and_carries_the_query(sb):
+    first = _insights(sb, limit="40").json()
+    next_url = first["paging"]["next"]
+    assert next_url.startswith(sb.url + f"/{V}/act_123/insights?")
+    assert "access_token=EAABt0ken" in next_url and "after=" in next_url
+    second = requests.get(next_url, timeout=5).json()
+    total = len(first["data"]) + len(second["data"])
+    while "next" in second.get("paging", {}):
+        second = requests.get(second["paging"]["next"], timeout=5).json()
+        total += len(second["data"])
+    today = date.today()
+    expected = day_stats(7, "meta", "123", 3, today - timedelta(days=29), today, today=sb.today(sb.account("meta", "123")["timezone"]))
+    assert total == len(expected)
+
+
+def test_meta_errors_have_the_graph_shape(sb):
+    body = requests.get(f"{sb.url}/{V}/act_123/insights", params={"fields": "spend"}, timeout=5).json()
+    assert body["error"]["code"] == 104 and "fbtrace_id" in body["error"]
+    bad_field = _insights(sb, fields="campaign_id,bogus").json()["error"]
+    assert (bad_field["code"], bad_field["type"]) == (100, "OAuthException")
+
+
+def test_meta_appsecret_proof_is_checked(sb):
+    secret = sb.scenario["meta_app_secret"].encode()
+    good = hmac.new(secret, b"EAABt0ken", hashlib.sha256).hexdigest()
+    assert _insights(sb, appsecret_proof=good).status_code == 200
+    bad = _insights(sb, appsecret_proof="0" * 64).json()
+    assert "appsecret_proof" in bad["error"]["message"]
+
+
+def test_meta_account_token_exchange_and_debug_token(sb):
+    account = requests.get(f"{sb.url}/{V}/act_123", params={"fields": "currency,timezone_name,name,account_status", "access_token": "t0ken1"}, timeout=5).json()
+    assert set(account) == {"currency", "timezone_name", "name", "account_status", "id"}
+    exchanged = requests.get(f"{sb.url}/{V}/oauth/access_token", params={
+        "grant_type": "fb_exchange_token", "client_id": sb.scenario["meta_app_id"], "client_secret": sb.scenario["meta_app_secret"],
+        "fb_exchange_token": "EAABold"}, timeout=5).json()
+    assert exchanged["token_type"] == "bearer" and exchanged["expires_in"] == 5183944 and exchanged["access_token"] != "EAABold"
+    debug = requests.get(f"{sb.url}/debug_token", params={
+        "input_token": exchanged["access_token"], "access_token": f"{sb.scenario['meta_app_id']}|{sb.scenario['meta_app_secret']}"}, timeout=5).json()
+    assert debug["data"]["is_valid"] is True and debug["data"]["expires_at"] > 0
+
+
+def test_meta_async_report_run(sb):
+    params = {"level": "campaign", "time_increment": "1", "time_range": _range(), "fields": "campaign_id,spend", "access_token": "t0ken1"}
+    started = requests.post(f"{sb.url}/{V}/act_123/insights", data=params, timeout=5).json()
+    run_id = started["report_run_id"]
+    statuses = []
+    for _ in range(5):
+        job = requests.get(f"{sb.url}/{V}/{run_id}", params={"access_token": "t0ken1"}, timeout=5).json()
+        statuses.append(job["async_status"])
+        if job["async_status"] == "Job Completed":
+            assert job["async_percent_completion"] == 100
+            break
+    assert statuses[-1] == "Job Completed" and statuses[0] != "Job Completed"
+    results = requests.get(f"{sb.url}/{V}/{run_id}/insights", params={"access_token": "t0ken1", "limit": "500"}, timeout=5).json()
+    assert results["data"] and set(results["data"][0]) == {"campaign_id", "spend", "date_start", "date_stop"}
+
+
+def _token(sb):
+    return requests.post(f"{sb.url}/token", data={"grant_type": "refresh_token", "client_id": sb.scenario["google_client_id"],
+                                                   "client_secret": sb.scenario["google_client_secret"], "refresh_token": "1//r"}, timeout=5)
+
+
+def _stream(sb, customer="1234567890", query=None, token=None, headers=None):
+    token = token or _token(sb).json()["access_token"]
+    query = query or (f"SELECT campaign.id, campaign.name, segments.date, metrics.cost_micros, metrics.impressions, metrics.clicks, "
+                      f"metrics.conversions, metrics.conversions_value FROM campaign WHERE segments.date BETWEEN "
+                      f"'{date.today() - timedelta(days=29)}' AND '{date.today()}'")
+    return requests.post(f"{sb.url}/{GV}/customers/{customer}/googleAds:searchStream", json={"query": query},
+                         headers={"Authorization": f"Bearer {token}", **(headers or {})}, timeout=5)
+
+
+def test_google_token_endpoint(sb):
+    body = _token(sb).json()
+    assert body["expires_in"] == 3599 and body["token_type"] == "Bearer" and body["access_token"].startswith("ya29.")
+    bad_client = requests.post(f"{sb.url}/token", data={"grant_type": "refresh_token", "client_id": "x", "client_secret": "y", "refresh_token": "r"}, timeout=5)
+    assert bad_client.status_code == 401 and bad_client.json()["error"] == "invalid_client"
+
+
+def test_google_stream_shape_camel_case_int64_strings_omitted_zeros(sb):
+    response = _stream(sb)
+    assert response.status_code == 200
+    batches = response.json()
+    assert isinstance(batches, list) and batches[0]["fieldMask"].startswith("campaign.id,campaign.name,segments.date,metrics.costMicros")
+    rows = [r for b in batches for r in b.get("results", [])]
+    assert rows and all(isinstance(r["metrics"].get("impressions", "0"), str) for r in rows)
+    assert all(isinstance(r["metrics"].get("costMicros", "0"), str) for r in rows)
+    assert any("conversions" not in r["metrics"] for r in rows), "zero conversions must be omitted"
+    assert any(isinstance(r["metrics"].get("conversions"), float) for r in rows)
+    assert "requestId" in batches[0] and "queryResourceConsumption" in batches[-1]
+
+
+def test_google_multi_batch_and_empty_and_during(sb):
+    sb.scenario["google_batch_size"] = 7
+    batches = _stream(sb).json()
+    assert len(batches) > 1 and all(len(b["results"]) <= 7 for b in batches)
+    future = _stream(sb, query="SELECT campaign.id, segments.date FROM campaign WHERE segments.date BETWEEN '2030-01-01' AND '2030-01-02'").json()
+    assert future == [{"fieldMask": "campaign.id,segments.date", "requestId": future[0]["requestId"], "queryResourceConsumption": "50"}]
+    during = [r for b in _stream(sb, query="SELECT campaign.id, segments.date FROM campaign WHERE segments.date DURING LAST_30_DAYS").json()
+              for r in b.get("results", [])]
+    assert during and str(date.today()) not in {r["segments"]["date"] for r in during}, "LAST_30_DAYS excludes today"
+    customer = _stream(sb, query="SELECT customer.currency_code, customer.time_zone FROM customer").json()
+    assert set(customer[0]["results"][0]["customer"]) >= {"currencyCode", "timeZone"}
+
+
+def test_google_manager_account_needs_login_customer_id(sb):
+    sb.set_account("google", "2222222222", manager="9999999999")
+    denied = _stream(sb, customer="2222222222")
+    assert denied.status_code == 403
+    error = denied.json()[0]["error"]
+    failure = error["details"][0]["errors"][0]
+    assert failure["errorCode"] == {"authorizationError": "USER_PERMISSION_DENIED"} and "login-customer-id" in failure["message"]
+    assert _stream(sb, customer="2222222222", headers={"login-customer-id": "9999999999"}).status_code == 200
+
+
+def test_google_expired_access_token_is_401():
+    with Sandbox({"google_token_ttl": 0}) as sb:
+        token = _token(sb).json()["access_token"]
+        response = _stream(sb, token=token)
+        assert response.status_code == 401
+        assert response.json()[0]["error"]["status"] == "UNAUTHENTICATED"
+
+
+META_FAULTS = [
+    ({"kind": "rate_limit", "code": 17, "eta_minutes": 3}, 400, 17),
+    ({"kind": "rate_limit", "code": 80000}, 400, 80000),
+    ({"kind": "server_error"}, 500, 2),
+    ({"kind": "token_expired"}, 400, 190),
+    ({"kind": "token_revoked"}, 400, 190),
+    ({"kind": "permission"}, 400, 200),
+    ({"kind": "reduce_data"}, 500, 1),
+]
+
+
+@pytest.mark.parametrize("fault, status, code", META_FAULTS)
+def test_meta_faults_reach_the_client(fault, status, code):
+    with Sandbox({"meta_accounts": {"5": {"faults": [{**fault, "times": 1}]}}}) as sb:
+        response = _insights(sb, account="5")
+        assert response.status_code == status and response.json()["error"]["code"] == code
+        if fault["kind"] == "rate_limit":
+            usage = json.loads(response.headers["X-Business-Use-Case-Usage"])["5"][0]
+            assert usage["estimated_time_to_regain_access"] == fault.get("eta_minutes", 0)
+        assert _insights(sb, account="5").status_code == 200, "times=1 means the next call succeeds"
+        assert sb.count("meta.insights", "5") == 2
+
+
+def test_meta_page_error_fails_page_two_only():
+    with Sandbox({"meta_accounts": {"5": {"campaigns": 10, "faults": [{"kind": "page_error", "page": 2}]}}}) as sb:
+        first = _insights(sb, account="5", limit="50")
+        assert first.status_code == 200
+        assert requests.get(first.json()["paging"]["next"], timeout=5).status_code == 500
+
+
+@pytest.mark.parametrize("kind", ["truncated", "drop", "slow"])
+def test_wire_faults_reach_the_client(kind):
+    with Sandbox({"meta_accounts": {"5": {"faults": [{"kind": kind, "seconds": 1}]}},
+                  "google_customers": {"1111111111": {"faults": [{"kind": kind, "seconds": 1}]}}}) as sb:
+        if kind == "truncated":
+            with pytest.raises(ValueError):
+                _insights(sb, account="5").json()
+            with pytest.raises(ValueError):
+                _stream(sb, customer="1111111111").json()
+        elif kind == "drop":
+            with pytest.raises(requests.ConnectionError):
+                _insights(sb, account="5")
+        else:
+            with pytest.raises(requests.Timeout):
+                requests.get(f"{sb.url}/{V}/act_5/insights", params={"access_token": "t", "time_range": _range(), "time_increment": "1"}, timeout=0.3)
+
+
+GOOGLE_FAULTS = [
+    ({"kind": "rate_limit", "retry_seconds": 3}, 429, "RESOURCE_TEMPORARILY_EXHAUSTED", "3s"),
+    ({"kind": "quota_exhausted"}, 429, "RESOURCE_EXHAUSTED", "40591s"),
+    ({"kind": "server_error", "status": 503}, 503, "INTERNAL_ERROR", None),
+    ({"kind": "permission_denied"}, 403, "USER_PERMISSION_DENIED", None),
+    ({"kind": "not_enabled"}, 403, "CUSTOMER_NOT_ENABLED", None),
+    ({"kind": "unauthenticated"}, 401, "OAUTH_TOKEN_REVOKED", None),
+    ({"kind": "bad_query"}, 400, "UNRECOGNIZED_FIELD", None),
+]
+
+
+@pytest.mark.parametrize("fault, status, code, delay", GOOGLE_FAULTS)
+def test_google_faults_reach_the_client(fault, status, code, delay):
+    with Sandbox({"google_customers": {"1111111111": {"faults": [{**fault, "times": 1}]}}}) as sb:
+        response = _stream(sb, customer="1111111111")
+        assert response.status_code == status
+        failure = response.json()[0]["error"]["details"][0]["errors"][0]
+        assert code in failure["errorCode"].values()
+        if delay:
+            assert failure["details"]["quotaErrorDetails"]["retryDelay"] == delay
+        assert _stream(sb, customer="1111111111").status_code == 200
+
+
+def test_google_error_inside_a_200_stream_and_revoked_refresh_token():
+    with Sandbox({"revoked_refresh_tokens": ["1//gone"], "google_customers": {"1111111111": {"faults": [{"kind": "error_in_stream"}]}}}) as sb:
+        body = _stream(sb, customer="1111111111")
+        assert body.status_code == 200 and "error" in body.json()[0]
+        revoked = requests.post(f"{sb.url}/token", data={"grant_type": "refresh_token", "client_id": sb.scenario["google_client_id"],
+                                                          "client_secret": sb.scenario["google_client_secret"], "refresh_token": "1//gone"}, timeout=5)
+        assert revoked.status_code == 400 and revoked.json() == {"error": "invalid_grant", "error_description": "Token has been expired or revoked."}
+
+
+def test_restatement_changes_numbers_and_drops_a_row():
+    with Sandbox({"restate": True, "campaigns": 2}) as sb:
+        first = {(r["campaign_id"], r["date_start"]): r for r in _insights(sb, account="9").json()["data"]}
+        second = {(r["campaign_id"], r["date_start"]): r for r in _insights(sb, account="9").json()["data"]}
+        assert len(second) == len(first) - 1
+        changed = [k for k in second if second[k]["impressions"] != first[k]["impressions"]]
+        assert changed
+
+
+def test_request_log_over_http(sb):
+    _insights(sb)
+    log = requests.get(f"{sb.url}/__sandbox/requests", timeout=5).json()["requests"]
+    assert [(e["kind"], e["account"], e["status"]) for e in log] == [("meta.insights", "123", 200)]
+    assert sb.count("meta.insights", "123") == 1 and sb.count("google.search_stream") == 0
