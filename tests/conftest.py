@@ -177,6 +177,14 @@ def sqlite_url(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def any_db(request):
+    """A migrated database: both backends where the test asks for ``engine``/``db_url``, else SQLite only."""
+    if {"engine", "db_url"} & set(request.fixturenames):
+        return request.getfixturevalue("db_url")
+    return request.getfixturevalue("sqlite_url")
+
+
+@pytest.fixture
 def engine(db_url):
     from emsync import db
 

@@ -1,0 +1,63 @@
+"""What the sandbox served, computed independently of emsync's parsers, to compare stored rows against."""
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from decimal import Decimal
+
+from sqlalchemy import text
+
+from emsync.sandbox.data import day_stats
+
+
+def window(sb, platform: str, account: str, days: int) -> tuple[date, date]:
+    today = sb.today(sb.account(platform, account)["timezone"])
+    return today - timedelta(days=days - 1), today
+
+
+def expected(sb, platform: str, account: str, days: int = 30, *, version: int = 0, purchase_source: str = "standard") -> dict:
+    """(campaign_id, date) -> (spend, impressions, clicks, conversions, revenue) as the API returned them."""
+    cfg = sb.account(platform, account)
+    since, until = window(sb, platform, account, days)
+    out = {}
+    for s in day_stats(sb.scenario["seed"], platform, account, int(cfg["campaigns"]), since, until, today=until, version=version):
+        if platform == "meta":
+            spend = Decimal(s.spend_cents) / 100
+            has_purchases = s.purchases and purchase_source != "none"
+            conversions = Decimal(s.purchases) if has_purchases else Decimal(0)
+            revenue = Decimal(s.purchase_value_cents) / 100 if has_purchases else Decimal(0)
+        else:
+            spend = Decimal(s.spend_cents * 10_000 + s.extra_micros) / Decimal(1_000_000)
+            conversions = Decimal(str(s.purchases + s.fractional_conversions))
+            revenue = Decimal(str(s.purchase_value_cents / 100))
+        out[(s.campaign_id, s.day)] = (spend, s.impressions, s.clicks, conversions, revenue)
+    return out
+
+
+def stored(engine, integration_id: int) -> dict:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT campaign_id, date, spend, impressions, clicks, conversions, revenue, ctr, cpc, roas, currency "
+                 "FROM campaign_metrics WHERE integration_id = :i"), {"i": integration_id}
+        ).all()
+    out = {}
+    for r in rows:
+        day = r.date if isinstance(r.date, date) else date.fromisoformat(r.date)
+        out[(r.campaign_id, day)] = r
+    return out
+
+
+def values(rows: dict) -> dict:
+    """Stored rows in the shape of ``expected``: Decimals compared at the stored precision (6 places)."""
+    q = Decimal("0.000001")
+    return {k: (Decimal(str(r.spend)).quantize(q), int(r.impressions), int(r.clicks), Decimal(str(r.conversions)).quantize(q),
+                Decimal(str(r.revenue)).quantize(q)) for k, r in rows.items()}
+
+
+def quantized(exp: dict) -> dict:
+    q = Decimal("0.000001")
+    return {k: (v[0].quantize(q), v[1], v[2], v[3].quantize(q), v[4].quantize(q)) for k, v in exp.items()}
+
+
+def integration(cli, integration_id: int) -> dict:
+    return next(i for i in json.loads(cli("integrations", "list", "--json").out) if i["id"] == integration_id)
