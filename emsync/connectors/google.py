@@ -176,7 +176,7 @@ class GoogleConnector:
         codes = _codes(failures)
         status = error.get("status", "")
         message = (failures[0].get("message") if failures else None) or error.get("message") or f"HTTP {http_status}"
-        label = f"Google Ads {status or http_status}: {message}"
+        label = f"Google Ads {status or http_status}" + (f" {', '.join(sorted(codes))}" if codes else "") + f": {message}"
         code = error.get("code", http_status)
         if code == 401 or status == "UNAUTHENTICATED":
             raise _Unauthenticated(label, request_id=request_id)
