@@ -94,7 +94,7 @@ class SyncRun(SQLModel, table=True):
     host: str = Field(max_length=255, nullable=False)
     pid: int = Field(nullable=False)
     scope: Optional[str] = Field(default=None, max_length=400)  # e.g. "user anna@example.com, platform meta"
-    full: bool = Field(default=False, nullable=False)
+    full_window: bool = Field(default=False, nullable=False)
     started_at: datetime = Field(default_factory=utcnow, nullable=False, index=True)
     heartbeat_at: datetime = Field(default_factory=utcnow, nullable=False)
     finished_at: Optional[datetime] = None
@@ -115,7 +115,7 @@ class SyncAttempt(SQLModel, table=True):
     integration_id: int = Field(sa_column=Column(Integer, ForeignKey("integrations.id"), nullable=False))
     window_start: Optional[Date] = None
     window_end: Optional[Date] = None
-    full: bool = Field(default=False, nullable=False)
+    full_window: bool = Field(default=False, nullable=False)
     started_at: datetime = Field(default_factory=utcnow, nullable=False)
     finished_at: Optional[datetime] = None
     status: str = Field(max_length=16, nullable=False)

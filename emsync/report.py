@@ -43,7 +43,7 @@ def _run_json(run: dict, now: datetime, host: str) -> dict:
     finished = run["finished_at"]
     return {
         "id": run["id"], "trigger": run["trigger"], "host": run["host"], "pid": run["pid"], "scope": run["scope"],
-        "full": bool(run["full"]), "started_at": run["started_at"], "finished_at": finished, "status": state,
+        "full": bool(run["full_window"]), "started_at": run["started_at"], "finished_at": finished, "status": state,
         "duration_s": round((finished - run["started_at"]).total_seconds(), 3) if finished else None,
         "integrations": run["integrations_total"], "succeeded": run["succeeded"], "failed": run["failed"],
         "skipped": run["skipped"], "rows": run["rows"],

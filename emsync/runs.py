@@ -31,7 +31,7 @@ def looks_dead(run: dict, host: str, now: datetime) -> bool:
 
 def start_run(conn, *, trigger: str, host: str, scope: str | None, full: bool) -> tuple[int, datetime]:
     now = utcnow()
-    values = dict(trigger=trigger, host=host, pid=os.getpid(), scope=scope, full=full, started_at=now, heartbeat_at=now, status="running")
+    values = dict(trigger=trigger, host=host, pid=os.getpid(), scope=scope, full_window=full, started_at=now, heartbeat_at=now, status="running")
     return conn.execute(insert(runs_t).values(**values)).inserted_primary_key[0], now
 
 
@@ -65,7 +65,7 @@ def record_attempt(conn, *, run_id: int, integration_id: int, window, started_at
         insert(attempts_t).values(
             run_id=run_id, integration_id=integration_id,
             window_start=window.since if window else None, window_end=window.until if window else None,
-            full=bool(window and window.full), started_at=started_at, finished_at=finished, status=status,
+            full_window=bool(window and window.full), started_at=started_at, finished_at=finished, status=status,
             rows=rows, api_requests=api_requests, duration_s=(finished - started_at).total_seconds(), error=error,
         )
     )
