@@ -130,6 +130,8 @@ class SyncProgress:
 
         handler = RichHandler(console=self.console, show_path=False, markup=False)
         handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+        # Per-integration results are shown as progress lines already.
+        handler.addFilter(lambda record: not getattr(record, "integration_result", False))
         return handler
 
 

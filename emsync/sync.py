@@ -226,11 +226,13 @@ class Engine:
                 runs.mark_failure(conn, state["id"], finished_at=finished, status=result.status, error=result.error, retry_at=result.retry_at)
         result.api_requests = api.requests
         result.duration_s = time.monotonic() - clock
+        fields = {"integration_result": True, "integration_id": result.integration_id, "platform": result.platform,
+                  "email": result.email, "status": result.status, "rows": result.rows, "run_id": run_id}
         if result.status == "ok":
             log.info("Successfully synced %s for %s (%s): %d rows, %d requests, %.1fs",
-                     result.platform, result.email, label, result.rows, result.api_requests, result.duration_s)
+                     result.platform, result.email, label, result.rows, result.api_requests, result.duration_s, extra=fields)
         else:
-            log.error("Failed to sync %s for %s (%s): %s: %s", result.platform, result.email, label, result.status, result.error)
+            log.error("Failed to sync %s for %s (%s): %s: %s", result.platform, result.email, label, result.status, result.error, extra=fields)
         return result
 
     def _save_tokens(self, integration_id: int, creds: Credentials) -> None:

@@ -133,6 +133,9 @@ def test_json_logs_one_object_per_line(cli, make_sandbox, monkeypatch):
     entries = [json.loads(line) for line in cli("sync-all").err.strip().splitlines()]
     assert {"ts", "level", "message"} <= set(entries[0])
     assert entries[-1]["message"].startswith("Sync completed: 1 success")
+    result = next(e for e in entries if e["message"].startswith("Successfully synced"))
+    assert (result["platform"], result["email"], result["status"], result["integration_id"]) == ("meta", "anna@example.com", "ok", 1)
+    assert result["rows"] > 0
 
 
 def test_log_file_is_rotated(cli, make_sandbox, monkeypatch, tmp_path):
@@ -236,7 +239,7 @@ def test_progress_bar_and_result_lines_on_a_terminal(cli, make_sandbox):
     assert proc.returncode == 1
     assert "✓ meta anna@example.com act_1" in screen and "✗ meta anna@example.com act_2" in screen
     assert "Sync completed: 1 success, 1 failed" in screen
-    assert "INFO" not in screen, "a terminal gets the progress display, not log lines"
+    assert "INFO" not in screen and "ERROR" not in screen, "a terminal gets the progress display, not log lines"
 
 
 # ---------------------------------------------------------------- cron, systemd, env example
