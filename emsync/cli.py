@@ -420,6 +420,39 @@ def sandbox(
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default; put a TLS proxy in front for anything else).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8787,
+) -> None:
+    """Serve the HTTP trigger: POST /api/cron/sync-all, POST /api/sync/user, GET /api/status, GET /api/runs/ID, GET /healthz.
+
+    Needs the server extra (pip install 'emsync[server]') and CRON_SECRET of at least 32 characters.
+
+    Example: [bold]emsync serve --port 8787[/bold]
+    """
+    try:
+        from .server import check_secret, serve as run_server
+    except ImportError:
+        raise UserError("emsync serve needs the server extra: pip install 'emsync[server]'") from None
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be between 1 and 65535, got {port}")
+    ctx = _ctx()
+    check_secret(ctx.settings)
+    run_server(ctx.settings, ctx.engine(), host=host, port=port)
+
+
+@app.command()
+def secret() -> None:
+    """Print a new random secret, suitable for CRON_SECRET.
+
+    Example: [bold]echo "CRON_SECRET=$(emsync secret)" >> .env[/bold]
+    """
+    import secrets
+
+    print(secrets.token_urlsafe(48))
+
+
+@app.command()
 def demo(
     keep: Annotated[bool, typer.Option(help="Keep the temporary directory and print where it is.")] = False,
 ) -> None:

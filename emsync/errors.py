@@ -22,6 +22,10 @@ class UserError(EmsyncError):
     exit_code = 2
 
 
+class UnknownUser(UserError):
+    """No user has that email."""
+
+
 class ConfigError(UserError):
     """A setting is missing or invalid; the message names the setting."""
 

@@ -129,3 +129,14 @@ def last_attempts(conn, integration_ids: list[int]) -> dict[int, dict]:
     )
     query = select(attempts_t).join(newest, and_(attempts_t.c.id == newest.c.id))
     return {r.integration_id: dict(r._mapping) for r in conn.execute(query)}
+
+
+def run_detail(conn, run_id: int) -> dict | None:
+    """One run with its attempts (what GET /api/runs/{id} returns)."""
+    run = conn.execute(select(runs_t).where(runs_t.c.id == run_id)).first()
+    if run is None:
+        return None
+    attempts = conn.execute(select(attempts_t).where(attempts_t.c.run_id == run_id).order_by(attempts_t.c.id))
+    detail = dict(run._mapping)
+    detail["attempts"] = [dict(a._mapping) for a in attempts]
+    return detail

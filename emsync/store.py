@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, insert, select, update
 from . import validate
 from .connectors.base import InsightRow, SyncWindow
 from .crypto import TokenBox
-from .errors import UserError
+from .errors import UnknownUser, UserError
 from .models import CampaignMetric, Integration, SyncAttempt, SyncRun, User, utcnow
 
 users_t = User.__table__
@@ -56,7 +56,7 @@ def user_id_for(conn, email: str) -> int:
     email = validate.email(email)
     found = conn.execute(select(users_t.c.id).where(users_t.c.email == email)).scalar()
     if found is None:
-        raise UserError(f"no user with email {email}: add it with 'emsync users add {email}'")
+        raise UnknownUser(f"no user with email {email}: add it with 'emsync users add {email}'")
     return found
 
 

@@ -121,24 +121,32 @@ class Engine:
         self.host = socket.gethostname()
         register_secret(*settings.secrets())
 
-    def run(self, options: SyncOptions) -> RunResult:
-        """One invocation of sync-all / sync-user."""
-        clock = time.monotonic()
+    def open_run(self, options: SyncOptions) -> RunResult:
+        """Check the key and the user, bury dead runs, record the new run. Nothing is synced yet.
+
+        Raises:
+            UserError: unknown email; ConfigError: a key that cannot decrypt the stored tokens.
+        """
         scope = ", ".join(p for p in (options.email and f"user {options.email}", options.platform and f"platform {options.platform}") if p) or None
         with self.engine.begin() as conn:
+            if options.email is not None:
+                store.user_id_for(conn, options.email)
             sample = store.any_encrypted_token(conn)
         if sample is not None:
             self.box.decrypt(sample)  # a wrong key is a configuration error: fail before writing anything
         with self.engine.begin() as conn:
             runs.bury_dead_runs(conn, self.host)
             run_id, started_at = runs.start_run(conn, trigger=options.trigger, host=self.host, scope=scope, full=options.full)
-        result = RunResult(run_id=run_id, started_at=started_at)
+        return RunResult(run_id=run_id, started_at=started_at)
+
+    def run(self, options: SyncOptions, opened: RunResult | None = None) -> RunResult:
+        """One invocation of sync-all / sync-user (``opened``: a run already recorded by ``open_run``)."""
+        clock = time.monotonic()
+        result = opened or self.open_run(options)
         try:
             with self.engine.begin() as conn:
-                if options.email is not None:
-                    store.user_id_for(conn, options.email)
                 due = runs.due_integrations(
-                    conn, email=options.email, platform=options.platform, include_reauth=options.email is not None, now=started_at
+                    conn, email=options.email, platform=options.platform, include_reauth=options.email is not None, now=result.started_at
                 )
             result.due = len(due)
             log.info("Found %d active integrations%s", len(due), f" for {options.email}" if options.email else "")
@@ -146,7 +154,7 @@ class Engine:
             locker = locker_for(self.engine, self.settings.database_url)
             session = new_session(self.settings.concurrency)
             with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="sync") as pool:
-                futures = [pool.submit(self._sync_one, item, run_id, started_at, options, locker, session) for item in due]
+                futures = [pool.submit(self._sync_one, item, result.run_id, result.started_at, options, locker, session) for item in due]
                 for future in as_completed(futures):
                     item_result = future.result()
                     result.results.append(item_result)
@@ -155,7 +163,7 @@ class Engine:
         finally:
             result.duration_s = time.monotonic() - clock
             with self.engine.begin() as conn:
-                runs.finish_run(conn, run_id, total=result.due, succeeded=result.succeeded, failed=result.failed,
+                runs.finish_run(conn, result.run_id, total=result.due, succeeded=result.succeeded, failed=result.failed,
                                 skipped=result.skipped, rows=result.rows)
         result.results.sort(key=lambda r: r.integration_id)
         log.info(result.summary())

@@ -273,7 +273,7 @@ def test_usage_errors_are_one_line_exit_2(cli, db_url):
 def test_every_command_has_help_with_an_example(cli):
     commands = [["init"], ["users", "add"], ["users", "list"], ["integrations", "add"], ["integrations", "list"],
                 ["integrations", "update"], ["integrations", "disable"], ["integrations", "enable"], ["integrations", "remove"],
-                ["sync-all"], ["sync-user"], ["status"], ["sandbox"], ["demo"]]
+                ["sync-all"], ["sync-user"], ["status"], ["sandbox"], ["demo"], ["serve"], ["secret"]]
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
     for command in commands:
         result = cli(*command, "--help")
