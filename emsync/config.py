@@ -88,27 +88,31 @@ class Settings:
 
 
 # name in the environment -> (field, parser)
-def _int(minimum: int):
+def _int(minimum: int, maximum: int):
     def parse(name: str, raw: str) -> int:
         try:
+            if not raw.isascii():  # int() would accept other scripts' digits ("８")
+                raise ValueError
             value = int(raw)
         except ValueError:
-            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-        if value < minimum:
-            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+            raise ConfigError(f"{name} must be a whole number, got {raw[:40]!r}") from None
+        if not minimum <= value <= maximum:
+            raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
         return value
 
     return parse
 
 
-def _float(minimum: float):
+def _float(minimum: float, maximum: float):
     def parse(name: str, raw: str) -> float:
         try:
+            if not raw.isascii():
+                raise ValueError
             value = float(raw)
         except ValueError:
-            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-        if not value >= minimum or value == float("inf"):
-            raise ConfigError(f"{name} must be a number of at least {minimum}, got {raw!r}")
+            raise ConfigError(f"{name} must be a number, got {raw[:40]!r}") from None
+        if not minimum <= value <= maximum:  # also false for nan
+            raise ConfigError(f"{name} must be a number between {minimum:g} and {maximum:g}, got {raw[:40]!r}")
         return value
 
     return parse
@@ -182,14 +186,15 @@ def _action_types(name: str, raw: str) -> tuple[str, ...]:
 _SPEC: dict[str, tuple[str, object]] = {
     "EMSYNC_DATABASE_URL": ("database_url", _database_url),
     "EMSYNC_SECRET_KEY": ("secret_key", _fernet_key),
-    "EMSYNC_LOOKBACK_DAYS": ("lookback_days", _int(1)),
-    "EMSYNC_RECENT_DAYS": ("recent_days", _int(1)),
-    "EMSYNC_FULL_SYNC_HOURS": ("full_sync_hours", _int(0)),
-    "EMSYNC_CONCURRENCY": ("concurrency", _int(1)),
-    "EMSYNC_HTTP_TIMEOUT": ("http_timeout", _float(0.1)),
-    "EMSYNC_RETRY_ATTEMPTS": ("retry_attempts", _int(1)),
-    "EMSYNC_RETRY_MAX_WAIT": ("retry_max_wait", _float(0)),
-    "EMSYNC_STALE_AFTER_MINUTES": ("stale_after_minutes", _int(1)),
+    # Meta refuses data older than 37 months, so a longer window could never succeed.
+    "EMSYNC_LOOKBACK_DAYS": ("lookback_days", _int(1, 1100)),
+    "EMSYNC_RECENT_DAYS": ("recent_days", _int(1, 1100)),
+    "EMSYNC_FULL_SYNC_HOURS": ("full_sync_hours", _int(0, 24 * 366)),
+    "EMSYNC_CONCURRENCY": ("concurrency", _int(1, 256)),
+    "EMSYNC_HTTP_TIMEOUT": ("http_timeout", _float(0.1, 3600)),
+    "EMSYNC_RETRY_ATTEMPTS": ("retry_attempts", _int(1, 100)),
+    "EMSYNC_RETRY_MAX_WAIT": ("retry_max_wait", _float(0, 86400)),
+    "EMSYNC_STALE_AFTER_MINUTES": ("stale_after_minutes", _int(1, 10**7)),
     "EMSYNC_LOG_FORMAT": ("log_format", _choice("text", "json")),
     "EMSYNC_LOG_FILE": ("log_file", _text),
     "EMSYNC_HEALTHCHECK_URL": ("healthcheck_url", _http_url),
@@ -204,7 +209,7 @@ _SPEC: dict[str, tuple[str, object]] = {
     "GOOGLE_OAUTH_CLIENT_ID": ("google_oauth_client_id", _text),
     "GOOGLE_OAUTH_CLIENT_SECRET": ("google_oauth_client_secret", _text),
     "GOOGLE_OAUTH_TOKEN_URL": ("google_oauth_token_url", _http_url),
-    "GOOGLE_ADS_DAILY_OPERATIONS": ("google_ads_daily_operations", _int(1)),
+    "GOOGLE_ADS_DAILY_OPERATIONS": ("google_ads_daily_operations", _int(1, 10**9)),
     "CRON_SECRET": ("cron_secret", _text),
 }
 

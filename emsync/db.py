@@ -11,10 +11,11 @@ HEAD = REVISIONS[-1]
 
 
 def describe_url(url: str) -> str:
-    """The URL with any password hidden, for messages."""
+    """The URL with any password hidden, shortened for one-line messages."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    shown = make_url(url).render_as_string(hide_password=True)
+    return shown if len(shown) <= 160 else shown[:80] + "…" + shown[-60:]
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -40,10 +41,13 @@ def make_engine(url: str, *, pool_size: int = 8, create: bool = False):
 
     path = sqlite_path(url)
     if path is not None:
-        if not path.exists():
-            if not create:
-                raise DatabaseError(f"no database at {path}: run 'emsync init' first")
-            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if not path.exists():
+                if not create:
+                    raise DatabaseError(f"no database at {describe_url(url)}: run 'emsync init' first")
+                path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(f"EMSYNC_DATABASE_URL names a SQLite file emsync cannot use ({describe_url(url)}): {exc.strerror}") from None
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},

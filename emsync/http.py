@@ -172,8 +172,16 @@ def _short(url: str) -> str:
     return url.split("?", 1)[0]
 
 
+_ERRNO = re.compile(r"\[Errno [^\]]+\][^'\")]*")
+_CAUSE = re.compile(r"(RemoteDisconnected|ConnectionResetError|ProtocolError|IncompleteRead|SSLError)\(['\"]?([^'\")]*)")
+
+
 def _reason(exc: Exception) -> str:
+    """The useful part of a requests/urllib3 error ("[Errno 111] Connection refused"), not its wrapper's repr."""
     text = str(exc)
+    found = _ERRNO.search(text) or _CAUSE.search(text)
+    if found:
+        return redact(found.group(0).replace("(", ": ", 1).strip(" '\""))
     return redact(text.splitlines()[0][:200]) if text else type(exc).__name__
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, insert, select, update
 from . import validate
 from .connectors.base import InsightRow, SyncWindow
 from .crypto import TokenBox
-from .errors import UnknownUser, UserError
+from .errors import FatalApiError, UnknownUser, UserError
 from .models import CampaignMetric, Integration, SyncAttempt, SyncRun, User, utcnow
 
 users_t = User.__table__
@@ -25,6 +25,7 @@ runs_t = SyncRun.__table__
 attempts_t = SyncAttempt.__table__
 
 SIX_PLACES = Decimal("0.000001")
+NUMERIC_LIMIT = Decimal(10) ** 12  # NUMERIC(18, 6): twelve digits before the point
 
 
 # ---------------------------------------------------------------- users
@@ -246,17 +247,28 @@ def _q(value: Decimal) -> Decimal:
     return value.quantize(SIX_PLACES, rounding=ROUND_HALF_UP)
 
 
+def _ratio(numerator: Decimal, denominator: Decimal) -> Decimal | None:
+    if not denominator:
+        return None
+    value = _q(numerator / denominator)
+    return value if abs(value) < NUMERIC_LIMIT else None  # e.g. revenue over one micro of spend: not storable, not meaningful
+
+
 def derived_metrics(spend: Decimal, impressions: int, clicks: int, revenue: Decimal) -> dict:
-    """CTR (percent), CPC and ROAS from the stored base metrics; None when the denominator is 0."""
+    """CTR (percent), CPC and ROAS from the stored base metrics; None when the denominator is 0
+    (or the ratio is beyond what NUMERIC(18, 6) holds)."""
     return {
-        "ctr": _q(Decimal(clicks) * 100 / Decimal(impressions)) if impressions else None,
-        "cpc": _q(spend / Decimal(clicks)) if clicks else None,
-        "roas": _q(revenue / spend) if spend else None,
+        "ctr": _ratio(Decimal(clicks) * 100, Decimal(impressions)),
+        "cpc": _ratio(spend, Decimal(clicks)),
+        "roas": _ratio(revenue, spend),
     }
 
 
 def metric_values(integration_id: int, row: InsightRow, currency: str | None, synced_at: datetime) -> dict:
     spend, conversions, revenue = _q(row.spend), _q(row.conversions), _q(row.revenue)
+    for name, value in (("spend", spend), ("conversions", conversions), ("revenue", revenue)):
+        if abs(value) >= NUMERIC_LIMIT:
+            raise FatalApiError(f"campaign {row.campaign_id} on {row.date}: {name} {value} is beyond what emsync stores (NUMERIC(18,6))")
     return {
         "integration_id": integration_id,
         "campaign_id": row.campaign_id,

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import time
 from datetime import date, timedelta
 
 import pytest
@@ -143,65 +141,3 @@ def test_concurrent_workers_write_exact_rows(cli, engine, make_sandbox, monkeypa
     assert cli("sync-all").code == 0
     for (platform, account), integration_id in ids.items():
         assert values(stored(engine, integration_id)) == quantized(expected(sb, platform, account)), (platform, account)
-
-
-# ---------------------------------------------------------------- several processes
-
-
-def _wait_for(predicate, seconds=20.0):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-
-
-def _runs_started(engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(text("SELECT count(*) FROM sync_runs")).scalar()
-
-
-@pytest.mark.parametrize("processes", [2, 4])
-def test_overlapping_runs_fetch_each_integration_exactly_once(cli, engine, make_sandbox, spawn, monkeypatch, processes):
-    monkeypatch.setenv("EMSYNC_CONCURRENCY", "2")
-    sb = make_sandbox(latency_ms=40)
-    ids = [add_meta(cli, account=f"act_{n}", token=f"EAABtoken-{n}") for n in range(1, 7)]
-    ids += [add_google(cli, account=f"{n}" * 10, token=f"1//refresh-{n}") for n in range(1, 5)]
-    sb.hold()  # "started together": every run records its start before any integration can finish
-    procs = [spawn("sync-all") for _ in range(processes)]
-    _wait_for(lambda: _runs_started(engine) == processes, seconds=60)
-    sb.release()
-    outputs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0] * processes, outputs
-    for n in range(1, 7):
-        assert sb.count("meta.insights", str(n)) == 1, f"act_{n} fetched more than once"
-    for n in range(1, 5):
-        assert sb.count("google.search_stream", f"{n}" * 10) == 2, "customer query + metrics query, once"
-    assert all(integration(cli, i)["status"] == "ok" for i in ids)
-    with engine.connect() as conn:
-        attempts = conn.execute(text("SELECT integration_id, count(*) FROM sync_attempts GROUP BY integration_id")).all()
-        runs = conn.execute(text("SELECT succeeded, skipped FROM sync_runs")).all()
-    assert sorted(n for _, n in attempts) == [1] * len(ids)
-    assert sum(r.succeeded for r in runs) == len(ids)
-    assert sum(r.skipped for r in runs) == len(ids) * (processes - 1)
-
-
-def test_a_run_killed_with_sigkill_leaves_nothing_that_blocks_the_next(cli, engine, make_sandbox, spawn, monkeypatch, backend):
-    monkeypatch.setenv("EMSYNC_CONCURRENCY", "2")
-    sb = make_sandbox({"meta_accounts": {str(n): {"campaigns": 3} for n in range(1, 9)}}, latency_ms=150)
-    ids = [add_meta(cli, account=f"act_{n}", token=f"EAABtoken-{n}") for n in range(1, 9)]
-    for kill_after in (1, 4):
-        sb.reset_log()
-        victim = spawn("sync-all", "--full")
-        _wait_for(lambda: sb.count() >= kill_after)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(timeout=30)
-        result = cli("sync-all", "--full", "--json")
-        assert result.code == 0, result.err
-        report = json.loads(result.out)
-        assert report["skipped"] == 0 and report["succeeded"] == len(ids), "nothing may be held by the dead run"
-        for n, integration_id in enumerate(ids, start=1):
-            assert values(stored(engine, integration_id)) == quantized(expected(sb, "meta", str(n)))
-    runs = _json(cli("status", "--json"))["runs"]
-    assert [r["status"] for r in runs].count("died") == 2
-    assert all(r["status"] != "running" for r in runs)

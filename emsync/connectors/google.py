@@ -47,14 +47,16 @@ def parse_rows(batches) -> list[InsightRow]:
     """Rows from a searchStream body: an array of batches, each maybe without ``results``; zeros omitted."""
     rows = []
     for batch in batches:
-        for result in batch.get("results") or []:
-            campaign = result.get("campaign") or {}
-            metrics = result.get("metrics") or {}
-            segments = result.get("segments") or {}
+        results = batch.get("results") or []
+        if not isinstance(results, list):
+            raise FatalApiError("Google Ads returned a batch whose results are not a list")
+        for result in results:
             try:
+                campaign, metrics, segments = (result.get(k) or {} for k in ("campaign", "metrics", "segments"))
                 campaign_id = str(campaign["id"])
                 day = date.fromisoformat(str(segments["date"]))
-            except (KeyError, ValueError, TypeError):
+                metrics.get  # noqa: B018 - must be an object
+            except (AttributeError, KeyError, ValueError, TypeError):
                 raise FatalApiError("Google Ads returned a row without campaign.id or segments.date") from None
             rows.append(
                 InsightRow(

@@ -117,7 +117,8 @@ def parse_row(item: dict, types: tuple[str, ...]) -> InsightRow:
     try:
         campaign_id = str(item["campaign_id"])
         day = date.fromisoformat(str(item["date_start"]))
-    except (KeyError, ValueError, TypeError):
+        item.get  # noqa: B018 - must be an object
+    except (AttributeError, KeyError, ValueError, TypeError):
         raise FatalApiError("Meta returned an insights row without campaign_id or date_start") from None
     conversions, revenue = pick_conversions(item.get("actions"), item.get("action_values"), types)
     return InsightRow(
@@ -249,8 +250,11 @@ class MetaConnector:
         seen: set[str] = set()
         body = self._get(url, params, token)
         while True:
-            rows.extend(parse_row(item, types) for item in body.get("data") or [])
-            next_url = (body.get("paging") or {}).get("next")
+            data, paging = body.get("data") or [], body.get("paging") or {}
+            if not isinstance(data, list) or not isinstance(paging, dict):
+                raise FatalApiError("Meta returned an insights page whose data or paging emsync cannot read")
+            rows.extend(parse_row(item, types) for item in data)
+            next_url = paging.get("next")
             if not next_url:
                 return rows
             if next_url in seen:

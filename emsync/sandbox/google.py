@@ -47,6 +47,7 @@ def token(sb: Sandbox, req: Request) -> tuple[str, str | None, Response]:
     access = "ya29.a0sandbox" + new_id() + new_id()
     ttl = int(s["google_token_ttl"])
     sb.google_access_tokens[access] = time.time() + ttl
+    sb.google_token_owner[access] = refresh
     return "google.token", None, Response(200, {"access_token": access, "expires_in": ttl,
                                                  "scope": "https://www.googleapis.com/auth/adwords", "token_type": "Bearer"})
 
@@ -63,6 +64,10 @@ def _search(sb: Sandbox, req: Request, version: str, customer: str) -> Response:
     auth = req.headers.get("authorization", "")
     access = auth[7:] if auth.startswith("Bearer ") else ""
     expires = sb.google_access_tokens.get(access)
+    if sb.google_token_owner.get(access) in sb.scenario["revoked_refresh_tokens"]:
+        # revoking a refresh token revokes the access tokens issued from it
+        return _stream_error(version, 401, "UNAUTHENTICATED", "Request had invalid authentication credentials.",
+                             {"authenticationError": "OAUTH_TOKEN_REVOKED"}, "Oauth token is revoked.")
     if expires is None or expires < time.time():
         reason = "OAUTH_TOKEN_EXPIRED" if expires is not None else "OAUTH_TOKEN_INVALID"
         return _stream_error(version, 401, "UNAUTHENTICATED", "Request had invalid authentication credentials.",

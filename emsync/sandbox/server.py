@@ -19,6 +19,7 @@ applies to the account's metrics endpoint unless it names another
 """
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 import threading
@@ -76,7 +77,7 @@ class Sandbox:
     """Fake Meta Graph API + Google Ads REST API + Google OAuth, on 127.0.0.1."""
 
     def __init__(self, scenario: dict | None = None, *, latency_ms: float = 0, port: int = 0, host: str = "127.0.0.1"):
-        self.scenario = {**DEFAULTS, **(scenario or {})}
+        self.scenario = copy.deepcopy({**DEFAULTS, **(scenario or {})})  # never share lists between sandboxes
         self.scenario.setdefault("meta_accounts", {})
         self.scenario.setdefault("google_customers", {})
         self.latency = latency_ms / 1000.0
@@ -86,6 +87,7 @@ class Sandbox:
         self._calls: dict[tuple, int] = {}
         self.meta_tokens_issued: dict[str, float] = {}
         self.google_access_tokens: dict[str, float] = {}
+        self.google_token_owner: dict[str, str] = {}  # access token -> the refresh token it came from
         self.report_runs: dict[str, dict] = {}
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
