@@ -56,13 +56,13 @@ class Context:
         return TokenBox(self.settings.require_secret_key())
 
     @contextmanager
-    def transaction(self):
+    def transaction(self, write: bool = True):
         from sqlalchemy.exc import SQLAlchemyError
 
         from . import db
 
         try:
-            with self.engine().begin() as conn:
+            with (db.write_transaction(self.engine()) if write else self.engine().begin()) as conn:
                 yield conn
         except SQLAlchemyError as exc:
             raise db.explain(exc, self.settings.database_url) from None
@@ -175,7 +175,7 @@ def users_list(json_out: Annotated[bool, typer.Option("--json", help="One JSON d
     """
     from . import store
 
-    with _ctx().transaction() as conn:
+    with _ctx().transaction(write=False) as conn:
         users = store.list_users(conn)
     if json_out:
         _out(users)
@@ -235,7 +235,7 @@ def integrations_list(json_out: Annotated[bool, typer.Option("--json", help="One
     from .render import integrations_table
     from .report import integration_json
 
-    with _ctx().transaction() as conn:
+    with _ctx().transaction(write=False) as conn:
         rows = store.list_integrations(conn)
     if json_out:
         _out([integration_json(r) for r in rows])
@@ -309,7 +309,7 @@ def integrations_remove(
 
     ctx = _ctx()
     validate.integration_id(integration_id)
-    with ctx.transaction() as conn:
+    with ctx.transaction(write=False) as conn:
         row = store.get_integration(conn, integration_id)
     if not yes:
         if not sys.stdin.isatty():
@@ -387,7 +387,7 @@ def status(
     from .report import build_status, check_problems
 
     ctx = _ctx()
-    with ctx.transaction() as conn:
+    with ctx.transaction(write=False) as conn:
         report = build_status(conn, ctx.settings)
     if check:
         problems = check_problems(report, ctx.settings)

@@ -1,6 +1,9 @@
 """Database engines and the schema version: connect, migrate, refuse an old schema."""
 from __future__ import annotations
 
+import threading
+import weakref
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DatabaseError
@@ -8,6 +11,7 @@ from .errors import DatabaseError
 # Every migration this code knows, oldest first; the last is what the code needs.
 REVISIONS = ("0001",)
 HEAD = REVISIONS[-1]
+_WRITE_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # SQLite engine -> this process's writer queue
 
 
 def describe_url(url: str) -> str:
@@ -67,8 +71,10 @@ def make_engine(url: str, *, pool_size: int = 8, create: bool = False):
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the write lock up front (no deadlock on upgrade); readers never wait in WAL mode.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("emsync_write") else "BEGIN")
 
+        _WRITE_LOCKS[engine] = threading.Lock()
         return engine
     return create_engine(
         url,
@@ -77,6 +83,20 @@ def make_engine(url: str, *, pool_size: int = 8, create: bool = False):
         pool_pre_ping=True,
         connect_args={"connect_timeout": 10},
     )
+
+
+@contextmanager
+def write_transaction(engine):
+    """A transaction that writes. On SQLite, this process's writers queue on a lock (instant hand-off)
+    instead of polling SQLite's busy handler, which sleeps in growing steps; other processes still
+    wait through the busy timeout."""
+    lock = _WRITE_LOCKS.get(engine)
+    if lock is None:
+        with engine.begin() as conn:
+            yield conn
+        return
+    with lock, engine.execution_options(emsync_write=True).begin() as conn:
+        yield conn
 
 
 def explain(exc: Exception, url: str) -> DatabaseError:
@@ -125,7 +145,7 @@ def upgrade(engine, url: str) -> tuple[str | None, str]:
     cfg = Config()
     cfg.set_main_option("script_location", "emsync:migrations")
     try:
-        with engine.begin() as conn:
+        with write_transaction(engine) as conn:
             before = current_revision(conn)
             if before != HEAD:
                 cfg.attributes["connection"] = conn

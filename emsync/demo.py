@@ -51,7 +51,7 @@ def run_demo(*, keep: bool = False) -> int:
             engine = db.make_engine(settings.database_url, create=True)
             db.upgrade(engine, settings.database_url)
             box = TokenBox(settings.secret_key)
-            with engine.begin() as conn:
+            with db.write_transaction(engine) as conn:
                 for email, name in USERS:
                     store.add_user(conn, email, name)
                 for email, platform, account, token, extra in INTEGRATIONS:

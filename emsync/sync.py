@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -20,9 +21,11 @@ from .connectors.base import Account, Credentials, SyncWindow, account_label
 from .crypto import TokenBox
 from .errors import ApiError, EmsyncError, RateLimited
 from .http import HttpClient, new_session, redact, register_secret
+from .db import write_transaction
 from .locks import locker_for
 
 log = logging.getLogger("emsync")
+SWITCH_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ class Engine:
             sample = store.any_encrypted_token(conn)
         if sample is not None:
             self.box.decrypt(sample)  # a wrong key is a configuration error: fail before writing anything
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             runs.bury_dead_runs(conn, self.host)
             run_id, started_at = runs.start_run(conn, trigger=options.trigger, host=self.host, scope=scope, full=options.full)
         return RunResult(run_id=run_id, started_at=started_at)
@@ -153,6 +156,9 @@ class Engine:
             self.on_start(len(due))
             locker = locker_for(self.engine, self.settings.database_url)
             session = new_session(self.settings.concurrency)
+            # Workers wait on the network (which releases the GIL at once) or parse and write (CPU). A longer
+            # switch interval stops CPU-bound workers from handing the GIL back and forth every 5 ms.
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
             with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="sync") as pool:
                 futures = [pool.submit(self._sync_one, item, result.run_id, result.started_at, options, locker, session) for item in due]
                 for future in as_completed(futures):
@@ -162,7 +168,7 @@ class Engine:
             session.close()
         finally:
             result.duration_s = time.monotonic() - clock
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine) as conn:
                 runs.finish_run(conn, result.run_id, total=result.due, succeeded=result.succeeded, failed=result.failed,
                                 skipped=result.skipped, rows=result.rows)
         result.results.sort(key=lambda r: r.integration_id)
@@ -198,37 +204,35 @@ class Engine:
         creds = Credentials(token_expires_at=state["token_expires_at"], cached_access_token_expires_at=state["cached_access_token_expires_at"])
         connector = make_connector(state["platform"], s, api)
         account = Account(state["platform"], state["account_id"], state["login_customer_id"], state["time_zone"])
-        window = None
+        window, info = None, None
         try:
             creds.access_token = self.box.decrypt(state["access_token_enc"])
             creds.refresh_token = self.box.decrypt(state["refresh_token_enc"])
             creds.cached_access_token = self.box.decrypt(state["cached_access_token_enc"])
             register_secret(*creds.secrets())
             connector.prepare(creds)
-            self._save_tokens(state["id"], creds)
             if state["currency"] is None and state["time_zone"] is None:
                 info = connector.account_info(account, creds)
-                with self.engine.begin() as conn:
-                    store.save_account_info(conn, state["id"], currency=info.currency, time_zone=info.time_zone, name=info.name)
                 state = {**state, "currency": info.currency, "time_zone": info.time_zone}
             window = window_for(state, s, force_full=options.full, now=started)
             result.window = window
             rows = connector.fetch(account, window, creds)
-            self._save_tokens(state["id"], creds)
-            with self.engine.begin() as conn:
+            # One write transaction per integration: what the connector learnt, the window, the status.
+            with write_transaction(self.engine) as conn:
+                self._remember(conn, state["id"], creds, info)
                 result.rows = store.replace_window(conn, state["id"], window, rows, state["currency"], started)
                 finished = runs.record_attempt(conn, run_id=run_id, integration_id=state["id"], window=window, started_at=started,
                                                status="ok", rows=result.rows, api_requests=api.requests, error=None)
                 runs.mark_success(conn, state["id"], finished_at=finished, full=window.full)
             result.status = "ok"
         except Exception as exc:  # noqa: BLE001 - one integration's failure must never stop the others
-            self._save_tokens(state["id"], creds)
             result.status = exc.status if isinstance(exc, ApiError) else "error"
             result.error = redact(str(exc) if isinstance(exc, EmsyncError) else f"{type(exc).__name__}: {exc}")
             result.retry_at = exc.retry_at if isinstance(exc, RateLimited) else None
             if not isinstance(exc, EmsyncError):
                 log.debug("unexpected failure syncing %s", label, exc_info=True)
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine) as conn:
+                self._remember(conn, state["id"], creds, info)  # a renewed token must survive the failure
                 finished = runs.record_attempt(conn, run_id=run_id, integration_id=state["id"], window=window, started_at=started,
                                                status=result.status, rows=0, api_requests=api.requests, error=result.error)
                 runs.mark_failure(conn, state["id"], finished_at=finished, status=result.status, error=result.error, retry_at=result.retry_at)
@@ -243,11 +247,9 @@ class Engine:
             log.error("Failed to sync %s for %s (%s): %s: %s", result.platform, result.email, label, result.status, result.error, extra=fields)
         return result
 
-    def _save_tokens(self, integration_id: int, creds: Credentials) -> None:
-        """Persist what a connector renewed at once: a new Meta token must survive a later failure."""
-        if not creds.changed:
-            return
-        with self.engine.begin() as conn:
+    def _remember(self, conn, integration_id: int, creds: Credentials, info) -> None:
+        """Persist renewed tokens and first-sync account metadata, inside the caller's transaction."""
+        if creds.changed:
             store.save_tokens(
                 conn, integration_id,
                 access_token_enc=self.box.encrypt(creds.access_token),
@@ -255,4 +257,5 @@ class Engine:
                 cached_access_token_enc=self.box.encrypt(creds.cached_access_token),
                 cached_access_token_expires_at=creds.cached_access_token_expires_at,
             )
-        creds.changed = False
+        if info is not None:
+            store.save_account_info(conn, integration_id, currency=info.currency, time_zone=info.time_zone, name=info.name)

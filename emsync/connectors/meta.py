@@ -82,19 +82,24 @@ def throttle_delay(pct: float, wait: float, max_wait: float) -> float:
 
 def pick_conversions(actions, action_values, types: tuple[str, ...]) -> tuple[Decimal, Decimal]:
     """Conversions and revenue from the first listed action type present; never a sum of overlapping types."""
-
-    def as_map(items) -> dict[str, Decimal]:
-        out = {}
-        for item in items if isinstance(items, list) else []:
-            if isinstance(item, dict) and "action_type" in item:
-                out[item["action_type"]] = _decimal(item.get("value", "0"))
-        return out
-
-    counts, values = as_map(actions), as_map(action_values)
+    counts = _listed(actions, types)
+    values = _listed(action_values, types)
     chosen = next((t for t in types if t in counts), None) or next((t for t in types if t in values), None)
     if chosen is None:
         return Decimal(0), Decimal(0)
-    return counts.get(chosen, Decimal(0)), values.get(chosen, Decimal(0))
+    return _decimal(counts.get(chosen, "0")), _decimal(values.get(chosen, "0"))
+
+
+def _listed(items, types: tuple[str, ...]) -> dict:
+    """{action_type: raw value} for the listed types only (most actions are clicks and views: skip them cheaply)."""
+    found = {}
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, dict):
+                kind = item.get("action_type")
+                if kind in types:
+                    found[kind] = item.get("value", "0")
+    return found
 
 
 def _decimal(value) -> Decimal:

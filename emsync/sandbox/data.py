@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date, timedelta
 
 
@@ -31,9 +32,14 @@ def campaign_ids(platform: str, account_id: str, count: int) -> list[tuple[str, 
     return [(str(base + rng.randrange(10**9) * 100 + i), f"{platform.title()} campaign {i + 1} · {account_id[-4:]}") for i in range(count)]
 
 
+@lru_cache(maxsize=4096)
 def day_stats(seed: int, platform: str, account_id: str, campaigns: int, since: date, until: date, *,
               today: date, version: int = 0) -> list[DayStats]:
-    """Rows for every campaign and day in [since, until] that had delivery, ordered by day then campaign."""
+    """Rows for every campaign and day in [since, until] that had delivery, ordered by day then campaign.
+
+    Cached: later pages of the same query must not regenerate it (the sandbox shares the machine with emsync).
+    Callers must not mutate the list.
+    """
     out = []
     ids = campaign_ids(platform, account_id, campaigns)
     day = since
