@@ -171,7 +171,13 @@ def _answer(sb: Sandbox, version: str, customer: str, account: dict, query: str)
                              "A date range must be specified in the WHERE clause when segments.date is selected.")
     version_n = sb.next_call("google", customer, "restate") if account.get("restate") else 0
     stats = day_stats(sb.scenario["seed"], "google", customer, int(account["campaigns"]), span[0], span[1], today=today, version=version_n)
+    customer_fields = {_camel(f.split(".", 1)[1]) for f in fields if f.startswith("customer.")}
+    customer_values = {"id": customer, "currencyCode": account["currency"], "timeZone": account["timezone"], "descriptiveName": account["name"]}
     rows = [_row(customer, s, account) for s in stats]
+    if customer_fields:  # selected customer fields come back on every row, as the API does
+        extra = {"resourceName": f"customers/{customer}", **{k: v for k, v in customer_values.items() if k in customer_fields}}
+        for row in rows:
+            row["customer"] = extra
     size = int(sb.scenario["google_batch_size"])
     batches = [{"results": rows[i: i + size], "fieldMask": mask, "requestId": request_id} for i in range(0, len(rows), size)]
     if not batches:

@@ -190,7 +190,7 @@ def _page(sb: Sandbox, req: Request, account_id: str, account: dict, params: dic
     today = sb.today(account["timezone"])
     stats = day_stats(sb.scenario["seed"], "meta", account_id, int(account["campaigns"]), span[0], span[1], today=today, version=version)
     fields = [f for f in params.get("fields", "").split(",") if f] or ["spend", "impressions"]
-    rows = [_row(s, fields, account) for s in stats[offset: offset + limit]]
+    rows = [_row(s, fields, account, account_id) for s in stats[offset: offset + limit]]
     body: dict = {"data": rows}
     if rows:
         body["paging"] = {"cursors": {"before": _encode(version, offset), "after": _encode(version, offset + len(rows))}}
@@ -205,9 +205,13 @@ def _page(sb: Sandbox, req: Request, account_id: str, account: dict, params: dic
     return Response(200, body)
 
 
-def _row(s, fields: list[str], account: dict) -> dict:
+def _row(s, fields: list[str], account: dict, account_id: str = "") -> dict:
     style = account.get("conversions", "standard")
     row: dict = {}
+    if "account_id" in fields:
+        row["account_id"] = account_id
+    if "account_name" in fields:
+        row["account_name"] = account["name"]
     if "campaign_id" in fields:
         row["campaign_id"] = s.campaign_id
     if "campaign_name" in fields:
