@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import date, timedelta
 from pathlib import Path
@@ -88,19 +89,27 @@ def run_once(spec: dict) -> dict:
     return {"wall_s": time.perf_counter() - started, "error": error}
 
 
+PEER_TIMEOUT_S = 1500
+
+
 def measured(spec: dict) -> dict:
-    """One peer run in a child process: wall, peak RSS and CPU of that process alone."""
+    """One peer run in a child process: wall, peak RSS and CPU of that process alone (stopped after PEER_TIMEOUT_S)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(spec, fh)
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, fh.name], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    timer = threading.Timer(PEER_TIMEOUT_S, proc.kill)
+    timer.start()
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
+    timer.cancel()
+    if wall_exceeded := time.perf_counter() - started >= PEER_TIMEOUT_S:
+        out = json.dumps({"error": f"did not finish within {PEER_TIMEOUT_S} s (stopped)"}).encode()
     os.unlink(fh.name)
     wall = time.perf_counter() - started
     inner = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {"error": "no output"}
     return {"wall_s": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "error": inner.get("error"), "exit": os.waitstatus_to_exitcode(status)}
+            "error": inner.get("error"), "exit": os.waitstatus_to_exitcode(status), "timed_out": wall_exceeded}
 
 
 def _tokens(url: str, customers: list[str], env: dict) -> dict:

@@ -136,8 +136,7 @@ def run_sync(env: dict, extra: list[str]) -> dict:
 
 def write_bound(db_url: str, tmp: Path, kind: str, run_report: dict) -> float:
     """The same rows, one bare SQLAlchemy Core upsert per integration into an empty table: no emsync code."""
-    from sqlalchemy import (BigInteger, Column, Date, DateTime, Integer, MetaData, Numeric, String, Table, create_engine,
-                            select, text)
+    from sqlalchemy import BigInteger, Column, Date, DateTime, Integer, MetaData, Numeric, String, Table, create_engine, select
 
     source = create_engine(db_url)
     windows = {i["id"]: i["window"] for i in run_report["integrations"] if i["window"]}
@@ -189,10 +188,10 @@ def request_log(url: str) -> list[dict]:
     return requests.get(f"{url}/__sandbox/requests", timeout=30).json()["requests"]
 
 
-def measure(scenario: str, db_kind: str, concurrency: int, latency_ms: int) -> dict:
+def measure(scenario: str, db_kind: str, concurrency: int, latency_ms: int, integrations: int | None = None) -> dict:
     from emsync.crypto import new_key
 
-    n = SCENARIOS[scenario]
+    n = integrations or SCENARIOS[scenario]
     with tempfile.TemporaryDirectory(prefix="emsync-bench-") as tmp_name:
         tmp = Path(tmp_name)
         sandbox, url, sandbox_env = start_sandbox(tmp, n, latency_ms)
@@ -259,10 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
     parser.add_argument("--peer", choices=("dlt",), help="also run the same scenario with the dlt rest_api peer")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    parser.add_argument("--integrations", type=int, help="override the scenario's number of integrations (smoke tests)")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.latency_ms < 0:
         parser.error("--concurrency must be >= 1 and --latency-ms >= 0")
-    result = measure(args.scenario, args.db, args.concurrency, args.latency_ms)
+    result = measure(args.scenario, args.db, args.concurrency, args.latency_ms, args.integrations)
     if args.peer == "dlt":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from peer_dlt import compare

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import runs, store, validate
+from . import runs, validate
 from .config import Settings
 from .errors import EmsyncError, UnknownUser, UserError
 from .sync import Engine, SyncOptions

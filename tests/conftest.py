@@ -256,17 +256,19 @@ def sandbox(make_sandbox):
     return make_sandbox()
 
 
-def add_meta(cli, email="anna@example.com", account="act_123", token="EAABtoken-anna-123", *extra):
+def add_integration(cli, platform: str, email: str, account: str, token: str, *extra) -> int:
+    """Add (creating the user when needed) and return the new integration's id."""
     if cli("users", "list", "--json").out.find(f'"{email}"') < 0:
         assert cli("users", "add", email).code == 0
-    result = cli("integrations", "add", "--email", email, "--platform", "meta", "--account-id", account, "--access-token", token, *extra)
+    token_option = "--access-token" if platform == "meta" else "--refresh-token"
+    result = cli("integrations", "add", "--email", email, "--platform", platform, "--account-id", account, token_option, token, *extra)
     assert result.code == 0, result.err
     return int(result.out.split("integration ")[1].split()[0])
+
+
+def add_meta(cli, email="anna@example.com", account="act_123", token="EAABtoken-anna-123", *extra):
+    return add_integration(cli, "meta", email, account, token, *extra)
 
 
 def add_google(cli, email="anna@example.com", account="123-456-7890", token="1//refresh-anna-123", *extra):
-    if cli("users", "list", "--json").out.find(f'"{email}"') < 0:
-        assert cli("users", "add", email).code == 0
-    result = cli("integrations", "add", "--email", email, "--platform", "google", "--account-id", account, "--refresh-token", token, *extra)
-    assert result.code == 0, result.err
-    return int(result.out.split("integration ")[1].split()[0])
+    return add_integration(cli, "google", email, account, token, *extra)

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+
+from ..errors import FatalApiError
+from ..http import register_secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +78,17 @@ def account_label(platform: str, account_id: str) -> str:
     if platform == "meta":
         return f"act_{account_id}"
     return f"{account_id[:3]}-{account_id[3:6]}-{account_id[6:]}" if len(account_id) == 10 else account_id
+
+
+def issued_token(body, who: str) -> tuple[str, datetime | None]:
+    """The access token (registered for redaction at once) and its expiry from an OAuth-style answer.
+
+    Raises:
+        FatalApiError: the answer carries no token.
+    """
+    token = body.get("access_token") if isinstance(body, dict) else None
+    if not token:
+        raise FatalApiError(f"{who} answered without an access_token")
+    register_secret(token)
+    expires_in = body.get("expires_in")
+    return token, datetime.now(timezone.utc) + timedelta(seconds=int(expires_in)) if expires_in else None

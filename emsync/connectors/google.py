@@ -9,7 +9,7 @@ from decimal import Decimal, InvalidOperation
 from ..config import Settings
 from ..errors import ApiError, FatalApiError, NeedsReauth, RateLimited, RetryableError
 from ..http import HttpClient, parse_json, register_secret
-from .base import Account, AccountInfo, Credentials, InsightRow, SyncWindow
+from .base import Account, AccountInfo, Credentials, InsightRow, SyncWindow, issued_token
 
 log = logging.getLogger("emsync")
 
@@ -130,12 +130,8 @@ class GoogleConnector:
             },
             classify=self._classify_token,
         )
-        token = body.get("access_token")
-        if not token:
-            raise FatalApiError("Google's token endpoint answered without an access_token")
-        register_secret(token)
-        creds.cached_access_token = token
-        creds.cached_access_token_expires_at = _now() + timedelta(seconds=int(body.get("expires_in") or 3599))
+        creds.cached_access_token, expires = issued_token(body, "Google's token endpoint")
+        creds.cached_access_token_expires_at = expires or _now() + timedelta(seconds=3599)
         creds.changed = True
 
     def _classify_token(self, response) -> dict:

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 from ..config import Settings
 from ..errors import FatalApiError, NeedsAsyncReport, NeedsReauth, RateLimited, RetryableError
 from ..http import HttpClient, parse_json, register_secret
-from .base import Account, AccountInfo, Credentials, InsightRow, SyncWindow
+from .base import Account, AccountInfo, Credentials, InsightRow, SyncWindow, issued_token
 
 log = logging.getLogger("emsync")
 
@@ -218,13 +218,7 @@ class MetaConnector:
             },
             classify=self._classify,
         )
-        token = body.get("access_token")
-        if not token:
-            raise FatalApiError("Meta's token exchange answered without an access_token")
-        register_secret(token)
-        creds.access_token = token
-        expires_in = body.get("expires_in")
-        creds.token_expires_at = _now() + timedelta(seconds=int(expires_in)) if expires_in else None
+        creds.access_token, creds.token_expires_at = issued_token(body, "Meta's token exchange")
         creds.changed = True
         log.info("renewed the Meta access token; it now expires %s", creds.token_expires_at.date() if creds.token_expires_at else "never")
 

@@ -270,7 +270,8 @@ class _Handler(BaseHTTPRequestHandler):
             kind, account, response = sb.handle(request)
         except Exception as exc:  # a sandbox bug must look like a server error, not hang the client
             kind, account, response = "error", None, Response(500, {"error": {"message": f"sandbox bug: {exc}", "code": 2}})
-        sb.record(kind, account, self.command, parts.path, response.status)
+        if kind != "sandbox":  # the control endpoints are not API traffic
+            sb.record(kind, account, self.command, parts.path, response.status)
         if response.drop:
             self.close_connection = True
             return

@@ -1,0 +1,34 @@
+"""The benchmark script runs, reports what the README's table needs, and counts requests as promised."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+KEYS = {"wall_s", "network_bound_s", "write_bound_s", "ratio", "rows", "requests", "peak_rss_mb", "cpu_s"}
+
+
+def _bench(*args: str) -> dict:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "sync_bench.py"), "--no-save", "--json", "--latency-ms", "0",
+                             "--concurrency", "4", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_full_run_reports_every_figure():
+    report = _bench("--scenario", "small", "--integrations", "6")
+    assert KEYS <= set(report)
+    assert (report["succeeded"], report["failed"]) == (6, 0)
+    # first sync: Meta account + insights pages (20 campaigns x 30 days ~ 530 rows: 2 pages of 500) per account;
+    # Google token + customer query + metrics query per customer
+    assert report["requests_by_kind"] == {"meta.account": 3, "meta.insights": 6, "google.token": 3, "google.search_stream": 6}
+    assert report["rows"] > 1000 and report["write_bound_s"] > 0 and report["peak_rss_mb"] > 20
+
+
+def test_steady_run_is_one_request_per_integration():
+    report = _bench("--scenario", "steady", "--integrations", "6")
+    assert report["requests_by_kind"] == {"meta.insights": 3, "google.search_stream": 3}
+    assert report["google_search_streams_per_customer"] == 1.0
+    assert 0 < report["steady_over_full"] < 1
