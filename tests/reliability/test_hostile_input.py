@@ -56,6 +56,7 @@ BAD_COMMANDS = [
     # flags
     ["sync-all", "--platform", "tiktok"],
     ["sync-all", "--platform", INJECTION],
+    ["sync-all", "--trigger", "x" * 40],
     ["sync-user", "anna@example.com", "--platform", ""],
     ["status", "--check", "--bogus"],
     ["sandbox", "--port", "-1"],
