@@ -342,8 +342,6 @@ TriggerOpt = Annotated[
 def _run_sync(email: Optional[str], platform: Optional[str], full: bool, json_out: bool, quiet: bool, trigger: Optional[str]) -> None:
     from .output import run_with_output
 
-    if trigger not in (None, "cron", "manual"):
-        raise UserError(f"--trigger must be cron or manual, got {trigger[:20]!r}")
     ctx = _ctx()
     code = run_with_output(ctx.settings, ctx.engine(), verbose=ctx.verbose, email=email, platform=_platform(platform), full=full,
                            json_out=json_out, quiet=quiet, trigger=trigger)
@@ -360,6 +358,8 @@ def sync_all(
 
     Example: [bold]emsync sync-all --quiet[/bold]
     """
+    if trigger not in (None, "cron", "manual"):
+        raise UserError(f"--trigger must be cron or manual, got {trigger[:20]!r}")
     _run_sync(None, platform, full, json_out, quiet, trigger)
 
 
