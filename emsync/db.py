@@ -76,11 +76,13 @@ def make_engine(url: str, *, pool_size: int = 8, create: bool = False):
 
         _WRITE_LOCKS[engine] = threading.Lock()
         return engine
+    # No pool_pre_ping: a run lasts seconds to minutes, and the ping was a round trip on every checkout (a fifth
+    # of a steady run's time). A connection lost mid-run fails that one statement; SQLAlchemy then invalidates
+    # the pool, the integration's attempt is recorded as failed and the next run retries it.
     return create_engine(
         url,
         pool_size=pool_size + 2,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         connect_args={"connect_timeout": 10},
     )
 
