@@ -29,7 +29,6 @@ VERSION_GOOGLE = "v26"
 
 
 def build_source(spec: dict):
-    import dlt  # noqa: F401
     from dlt.sources.rest_api import rest_api_source
 
     since, until = spec["since"], spec["until"]

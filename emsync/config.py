@@ -9,7 +9,7 @@ the secret key whatever its working directory.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -216,19 +216,6 @@ _SPEC: dict[str, tuple[str, object]] = {
 SETTING_NAMES = tuple(_SPEC)
 
 
-def resolve_env_file(explicit: str | os.PathLike | None) -> Path | None:
-    """The env file this invocation reads (and `init` writes), or None."""
-    if explicit is None:
-        explicit = os.environ.get("EMSYNC_ENV_FILE") or None
-    if explicit is not None:
-        path = Path(explicit).expanduser()
-        return path
-    local = Path.cwd() / ".env"
-    if local.is_file():
-        return local
-    return None
-
-
 def _read_env_file(path: Path) -> dict[str, str]:
     from dotenv import dotenv_values
 
@@ -270,19 +257,3 @@ def load_settings(env_file: str | os.PathLike | None = None, environ: dict[str, 
     if "database_url" not in values:
         values["database_url"] = f"sqlite:///{data_dir() / 'emsync.db'}"
     return Settings(**values)  # type: ignore[arg-type]
-
-
-def settings_table(settings: Settings) -> list[tuple[str, str]]:
-    """(NAME, shown value) for every setting, secrets masked."""
-    by_attr = {f.name: f for f in fields(Settings)}
-    rows = []
-    for name, (attr, _) in _SPEC.items():
-        value = getattr(settings, attr)
-        if not by_attr[attr].repr and value:
-            shown = "(set)"
-        elif isinstance(value, tuple):
-            shown = ",".join(value)
-        else:
-            shown = "" if value is None else str(value)
-        rows.append((name, shown))
-    return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import insert, or_, select, update
 
 from .models import utcnow
 from .store import integrations_t, attempts_t, runs_t, users_t
@@ -115,20 +115,6 @@ def sync_state(conn, integration_id: int) -> dict | None:
 def recent_runs(conn, limit: int = 10) -> list[dict]:
     query = select(runs_t).order_by(runs_t.c.id.desc()).limit(limit)
     return [dict(r._mapping) for r in conn.execute(query)]
-
-
-def last_attempts(conn, integration_ids: list[int]) -> dict[int, dict]:
-    """The newest attempt of each integration."""
-    if not integration_ids:
-        return {}
-    newest = (
-        select(attempts_t.c.integration_id, func.max(attempts_t.c.id).label("id"))
-        .where(attempts_t.c.integration_id.in_(integration_ids))
-        .group_by(attempts_t.c.integration_id)
-        .subquery()
-    )
-    query = select(attempts_t).join(newest, and_(attempts_t.c.id == newest.c.id))
-    return {r.integration_id: dict(r._mapping) for r in conn.execute(query)}
 
 
 def run_detail(conn, run_id: int) -> dict | None:

@@ -264,27 +264,6 @@ def derived_metrics(spend: Decimal, impressions: int, clicks: int, revenue: Deci
     }
 
 
-def metric_values(integration_id: int, row: InsightRow, currency: str | None, synced_at: datetime) -> dict:
-    spend, conversions, revenue = _q(row.spend), _q(row.conversions), _q(row.revenue)
-    for name, value in (("spend", spend), ("conversions", conversions), ("revenue", revenue)):
-        if abs(value) >= NUMERIC_LIMIT:
-            raise FatalApiError(f"campaign {row.campaign_id} on {row.date}: {name} {value} is beyond what emsync stores (NUMERIC(18,6))")
-    return {
-        "integration_id": integration_id,
-        "campaign_id": row.campaign_id,
-        "date": row.date,
-        "campaign_name": row.campaign_name,
-        "spend": spend,
-        "impressions": row.impressions,
-        "clicks": row.clicks,
-        "conversions": conversions,
-        "revenue": revenue,
-        "currency": currency,
-        "synced_at": synced_at,
-        **derived_metrics(spend, row.impressions, row.clicks, revenue),
-    }
-
-
 _METRIC_COLUMNS = ("integration_id", "campaign_id", "date", "campaign_name", "spend", "impressions", "clicks", "conversions",
                    "revenue", "ctr", "cpc", "roas", "currency", "synced_at")
 _KEY = ("integration_id", "campaign_id", "date")
@@ -316,8 +295,9 @@ def _driver_rows(conn, integration_id: int, rows: Iterable[InsightRow], currency
     append = out.append
     for row in rows:
         spend, conversions, revenue = _q(row.spend), _q(row.conversions), _q(row.revenue)
-        if max(abs(spend), abs(conversions), abs(revenue)) >= NUMERIC_LIMIT:
-            metric_values(integration_id, row, currency, synced_at)  # raises the clear error
+        for name, value in (("spend", spend), ("conversions", conversions), ("revenue", revenue)):
+            if abs(value) >= NUMERIC_LIMIT:
+                raise FatalApiError(f"campaign {row.campaign_id} on {row.date}: {name} {value} is beyond what emsync stores (NUMERIC(18,6))")
         ctr = _ratio(Decimal(row.clicks) * 100, Decimal(row.impressions)) if row.impressions else None
         cpc = _ratio(spend, Decimal(row.clicks)) if row.clicks else None
         roas = _ratio(revenue, spend) if spend else None

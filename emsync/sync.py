@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ from .db import write_transaction
 from .locks import locker_for
 
 log = logging.getLogger("emsync")
-SWITCH_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -156,9 +154,6 @@ class Engine:
             self.on_start(len(due))
             locker = locker_for(self.engine, self.settings.database_url)
             session = new_session(self.settings.concurrency)
-            # Workers wait on the network (which releases the GIL at once) or parse and write (CPU). A longer
-            # switch interval stops CPU-bound workers from handing the GIL back and forth every 5 ms.
-            sys.setswitchinterval(SWITCH_INTERVAL_S)
             with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="sync") as pool:
                 futures = [pool.submit(self._sync_one, item, result.run_id, result.started_at, options, locker, session) for item in due]
                 for future in as_completed(futures):
