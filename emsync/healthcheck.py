@@ -13,6 +13,8 @@ PING_TIMEOUT = 10
 
 
 class Healthcheck:
+    """Pings for one sync-all; without a URL every ping is a no-op."""
+
     def __init__(self, url: str | None):
         self.url = url.rstrip("/") if url else None
 
@@ -20,6 +22,8 @@ class Healthcheck:
         return self.url is not None
 
     def _ping(self, suffix: str, body: str = "") -> None:
+        if self.url is None:
+            return
         import requests
 
         try:

@@ -1,4 +1,4 @@
-"""The HTTP layer both connectors share: session, timeouts, retries, redaction.
+"""The HTTP layer both connectors share: session, timeouts, retries (redaction of what it logs: ``redaction``).
 
 Connectors never sleep or loop on errors themselves. They hand ``send`` a
 ``classify`` function that turns a response into parsed JSON or raises one of
@@ -10,54 +10,15 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any, Callable
 
+from .clock import SYSTEM_CLOCK, Clock
 from .errors import ApiError, RateLimited, RetryableError
+from .redaction import RedactingFilter, redact, register_secret
 
 log = logging.getLogger("emsync")
-
-_SECRET_PARAMS = ("access_token", "client_secret", "refresh_token", "fb_exchange_token", "input_token", "appsecret_proof", "code", "password")
-_PARAM_RE = re.compile(r"(?i)\b(" + "|".join(_SECRET_PARAMS) + r")(=|%3D|\"\s*:\s*\")([^&\s\"'#]+)")
-_BEARER_RE = re.compile(r"(?i)\b(bearer|oauth)\s+[A-Za-z0-9._~+/=|-]{8,}")
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
-
-
-def register_secret(*values: str | None) -> None:
-    """Remember secret values so that ``redact`` masks them wherever they appear."""
-    with _secrets_lock:
-        for value in values:
-            if value and len(value) >= 6:
-                _secrets.add(value)
-
-
-def redact(text: str) -> str:
-    """Mask secret query parameters, bearer tokens and every registered secret."""
-    text = _PARAM_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
-    text = _BEARER_RE.sub(lambda m: f"{m.group(1)} ***", text)
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, "***")
-    return text
-
-
-class RedactingFilter(logging.Filter):
-    """Applied to every emsync log handler: no record leaves with a secret in it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message or record.args:
-            record.msg, record.args = cleaned, None
-        if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        return True
 
 
 def new_session(pool_size: int):
@@ -72,18 +33,15 @@ def new_session(pool_size: int):
     return session
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 class HttpClient:
     """One integration's view of the shared session: counts its requests, owns its retry policy."""
 
     # Tests replace this to avoid real waiting; everything that waits goes through it.
     sleep: Callable[[float], None] = staticmethod(time.sleep)
 
-    def __init__(self, session, *, timeout: float, attempts: int, max_wait: float):
+    def __init__(self, session, *, timeout: float, attempts: int, max_wait: float, clock: Clock = SYSTEM_CLOCK):
         self.session = session
+        self.clock = clock
         self.timeout = timeout
         self.attempts = attempts
         self.max_wait = max_wait
@@ -130,7 +88,7 @@ class HttpClient:
             return retrying(self._attempt, method, url, classify, kwargs)
         except RetryableError as exc:
             if getattr(exc, "rate_limit", False):
-                retry_at = utcnow() + timedelta(seconds=max(exc.wait or 0, 15 * 60))
+                retry_at = self.clock.now() + timedelta(seconds=max(exc.wait or 0, 15 * 60))
                 raise RateLimited(f"still rate limited after {self.attempts} attempts: {exc}", retry_at=retry_at) from None
             raise
 
@@ -185,4 +143,5 @@ def _reason(exc: Exception) -> str:
     return redact(text.splitlines()[0][:200]) if text else type(exc).__name__
 
 
+# redact and register_secret are re-exported: connectors and helpers import the HTTP layer's names from here.
 __all__ = ["ApiError", "HttpClient", "RedactingFilter", "new_session", "parse_json", "redact", "register_secret"]

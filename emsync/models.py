@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from datetime import date as Date
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Optional
 
@@ -16,16 +16,14 @@ from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, UniqueCon
 from sqlalchemy import exc as sa_exc
 from sqlmodel import Field, SQLModel
 
+from .clock import utcnow
+
 # SQLite has no decimal type; SQLAlchemy rounds to the column's scale on the
 # way back, which is exactly the precision we promise, so the warning is noise.
 warnings.filterwarnings("ignore", message=r".*does \*not\* support Decimal objects natively", category=sa_exc.SAWarning)
 
 PLATFORMS = ("meta", "google")
 STATUSES = ("never_synced", "ok", "error", "needs_reauth", "rate_limited")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class User(SQLModel, table=True):
@@ -123,3 +121,11 @@ class SyncAttempt(SQLModel, table=True):
     api_requests: int = Field(default=0, nullable=False)
     duration_s: float = Field(default=0.0, nullable=False)
     error: Optional[str] = None
+
+
+# SQLAlchemy Core handles for the data-access modules (store, campaign_rows, runs).
+users_t = User.__table__
+integrations_t = Integration.__table__
+metrics_t = CampaignMetric.__table__
+runs_t = SyncRun.__table__
+attempts_t = SyncAttempt.__table__

@@ -4,9 +4,9 @@ from __future__ import annotations
 import socket
 from datetime import datetime, timedelta, timezone
 
-from . import runs, store
+from . import campaign_rows, runs, store
 from .config import Settings
-from .connectors.base import account_label
+from .domain import account_label
 from .db import describe_url
 
 TOKEN_WARNING = timedelta(days=7)
@@ -53,7 +53,7 @@ def _run_json(run: dict, now: datetime, host: str) -> dict:
 def build_status(conn, settings: Settings, *, now: datetime | None = None) -> dict:
     now = now or datetime.now(timezone.utc)
     rows = store.list_integrations(conn)
-    in_window = store.rows_since(conn, now.date() - timedelta(days=settings.lookback_days))
+    in_window = campaign_rows.rows_since(conn, now.date() - timedelta(days=settings.lookback_days))
     integrations = []
     warnings = []
     for row in rows:

@@ -1,16 +1,31 @@
-"""Run and attempt records, and the integration state that follows an attempt."""
+"""Run and attempt records (``sync_runs``, ``sync_attempts``), and which integrations a run takes.
+
+Like ``store``, every function works inside a transaction the caller owns;
+timestamps come from the caller's clock.
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import insert, or_, select, update
 
-from .models import utcnow
-from .store import integrations_t, attempts_t, runs_t, users_t
+from .domain import SyncWindow
+from .models import attempts_t, integrations_t, runs_t, users_t
 
 # A run on another host that has not written for this long is taken as dead.
 STALE_RUN = timedelta(hours=2)
+
+
+@dataclass(frozen=True, slots=True)
+class DueIntegration:
+    """An integration a run will try, with what its log lines name."""
+
+    id: int
+    platform: str
+    account_id: str
+    email: str
 
 
 def pid_alive(pid: int) -> bool:
@@ -29,15 +44,13 @@ def looks_dead(run: dict, host: str, now: datetime) -> bool:
     return same_host_gone or now - run["heartbeat_at"] > STALE_RUN
 
 
-def start_run(conn, *, trigger: str, host: str, scope: str | None, full: bool) -> tuple[int, datetime]:
-    now = utcnow()
+def start_run(conn, *, trigger: str, host: str, scope: str | None, full: bool, now: datetime) -> int:
     values = dict(trigger=trigger, host=host, pid=os.getpid(), scope=scope, full_window=full, started_at=now, heartbeat_at=now, status="running")
-    return conn.execute(insert(runs_t).values(**values)).inserted_primary_key[0], now
+    return conn.execute(insert(runs_t).values(**values)).inserted_primary_key[0]
 
 
-def bury_dead_runs(conn, host: str) -> int:
+def bury_dead_runs(conn, host: str, now: datetime) -> int:
     """Mark runs that died (killed, crashed, machine rebooted) so they never show as running forever."""
-    now = utcnow()
     running = conn.execute(
         select(runs_t.c.id, runs_t.c.host, runs_t.c.pid, runs_t.c.heartbeat_at).where(runs_t.c.status == "running")
     )
@@ -47,49 +60,32 @@ def bury_dead_runs(conn, host: str) -> int:
     return len(dead)
 
 
-def finish_run(conn, run_id: int, *, total: int, succeeded: int, failed: int, skipped: int, rows: int) -> None:
+def finish_run(conn, run_id: int, *, now: datetime, total: int, succeeded: int, failed: int, skipped: int, rows: int) -> None:
     conn.execute(
         update(runs_t)
         .where(runs_t.c.id == run_id)
         .values(
-            status="failed" if failed else "ok", finished_at=utcnow(), heartbeat_at=utcnow(),
+            status="failed" if failed else "ok", finished_at=now, heartbeat_at=now,
             integrations_total=total, succeeded=succeeded, failed=failed, skipped=skipped, rows=rows,
         )
     )
 
 
-def record_attempt(conn, *, run_id: int, integration_id: int, window, started_at: datetime, status: str, rows: int,
-                   api_requests: int, error: str | None) -> datetime:
-    finished = utcnow()
+def record_attempt(conn, *, run_id: int, integration_id: int, window: SyncWindow | None, started_at: datetime, finished_at: datetime,
+                   status: str, rows: int, api_requests: int, error: str | None) -> None:
+    """One attempt's record; also the run's heartbeat."""
     conn.execute(
         insert(attempts_t).values(
             run_id=run_id, integration_id=integration_id,
             window_start=window.since if window else None, window_end=window.until if window else None,
-            full_window=bool(window and window.full), started_at=started_at, finished_at=finished, status=status,
-            rows=rows, api_requests=api_requests, duration_s=(finished - started_at).total_seconds(), error=error,
+            full_window=bool(window and window.full), started_at=started_at, finished_at=finished_at, status=status,
+            rows=rows, api_requests=api_requests, duration_s=(finished_at - started_at).total_seconds(), error=error,
         )
     )
-    conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(heartbeat_at=finished))
-    return finished
+    conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(heartbeat_at=finished_at))
 
 
-def mark_success(conn, integration_id: int, *, finished_at: datetime, full: bool) -> None:
-    values = dict(status="ok", last_synced_at=finished_at, last_attempt_at=finished_at, last_error=None,
-                  rate_limited_until=None, updated_at=finished_at)
-    if full:
-        values["last_full_sync_at"] = finished_at
-    conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))
-
-
-def mark_failure(conn, integration_id: int, *, finished_at: datetime, status: str, error: str, retry_at: datetime | None) -> None:
-    conn.execute(
-        update(integrations_t)
-        .where(integrations_t.c.id == integration_id)
-        .values(status=status, last_error=error[:2000], last_attempt_at=finished_at, rate_limited_until=retry_at, updated_at=finished_at)
-    )
-
-
-def due_integrations(conn, *, email: str | None, platform: str | None, include_reauth: bool, now: datetime) -> list[dict]:
+def due_integrations(conn, *, email: str | None, platform: str | None, include_reauth: bool, now: datetime) -> list[DueIntegration]:
     """Active integrations a run should take, in id order (see CONTRACT.md, "Which integrations a run takes")."""
     query = (
         select(integrations_t.c.id, integrations_t.c.platform, integrations_t.c.account_id, users_t.c.email)
@@ -104,12 +100,7 @@ def due_integrations(conn, *, email: str | None, platform: str | None, include_r
         query = query.where(users_t.c.email == email)
     if platform is not None:
         query = query.where(integrations_t.c.platform == platform)
-    return [dict(r._mapping) for r in conn.execute(query)]
-
-
-def sync_state(conn, integration_id: int) -> dict | None:
-    row = conn.execute(select(integrations_t).where(integrations_t.c.id == integration_id)).first()
-    return dict(row._mapping) if row else None
+    return [DueIntegration(r.id, r.platform, r.account_id, r.email) for r in conn.execute(query)]
 
 
 def recent_runs(conn, limit: int = 10) -> list[dict]:

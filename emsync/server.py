@@ -22,7 +22,8 @@ from starlette.routing import Route
 from . import runs, validate
 from .config import Settings
 from .errors import EmsyncError, UnknownUser, UserError
-from .sync import Engine, SyncOptions
+from .serialize import to_json
+from .sync import Syncer, SyncOptions
 
 log = logging.getLogger("emsync")
 
@@ -32,22 +33,9 @@ FAILURE_WINDOW_S = 60.0
 MAX_PENALTY_S = 5.0
 
 
-def _json_default(value):
-    from datetime import date, datetime
-    from decimal import Decimal
-
-    if isinstance(value, (date, datetime)):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    raise TypeError(type(value).__name__)
-
-
 class _JSON(JSONResponse):
     def render(self, content) -> bytes:
-        import json
-
-        return json.dumps(content, default=_json_default).encode()
+        return to_json(content).encode()
 
 
 class AuthGuard:
@@ -92,16 +80,16 @@ class RunTracker:
         with self._lock:
             if key in self._active:
                 return None, self._active[key]
-            sync_engine = Engine(self.settings, self.engine)
-            opened = sync_engine.open_run(options)
+            syncer = Syncer(self.settings, self.engine)
+            opened = syncer.open_run(options)
             self._active[key] = opened.run_id
-        thread = threading.Thread(target=self._run, args=(key, sync_engine, options, opened), name=f"serve-{key}", daemon=True)
+        thread = threading.Thread(target=self._run, args=(key, syncer, options, opened), name=f"serve-{key}", daemon=True)
         thread.start()
         return opened.run_id, None
 
-    def _run(self, key: str, sync_engine: Engine, options: SyncOptions, opened) -> None:
+    def _run(self, key: str, syncer: Syncer, options: SyncOptions, opened) -> None:
         try:
-            sync_engine.run(options, opened)
+            syncer.run(options, opened)
         except Exception:  # noqa: BLE001 - logged; the run record says it failed or died
             log.exception("server-triggered run %s failed", opened.run_id)
         finally:

@@ -1,31 +1,26 @@
-"""Everything emsync reads and writes in the database.
+"""Users and integrations: every read and write of those two tables, including the state a sync leaves behind.
 
-Functions take a SQLAlchemy ``Connection`` inside a transaction the caller
-owns (``with engine.begin() as conn``), so one sync's window, status and
-attempt record commit together or not at all.
+How writes are made: each function takes a SQLAlchemy ``Connection`` inside a
+transaction the caller owns. Callers that write open it with
+``db.write_transaction(engine)`` (on SQLite that queues this process's writers
+and takes the write lock up front with ``BEGIN IMMEDIATE``); readers use
+``engine.begin()``. So an integration's rows (``campaign_rows``), its status
+here and its attempt record (``runs``) commit together or not at all. Every
+value reaches SQL as a bound parameter. Tokens are stored only as Fernet
+ciphertexts (``crypto.TokenBox``).
 """
 from __future__ import annotations
 
-from datetime import date, datetime
-from decimal import ROUND_HALF_UP, Decimal
-from typing import Iterable
+from datetime import datetime
 
 from sqlalchemy import delete, func, insert, select, update
 
 from . import validate
-from .connectors.base import InsightRow, SyncWindow
+from .clock import utcnow
 from .crypto import TokenBox
-from .errors import FatalApiError, UnknownUser, UserError
-from .models import CampaignMetric, Integration, SyncAttempt, SyncRun, User, utcnow
-
-users_t = User.__table__
-integrations_t = Integration.__table__
-metrics_t = CampaignMetric.__table__
-runs_t = SyncRun.__table__
-attempts_t = SyncAttempt.__table__
-
-SIX_PLACES = Decimal("0.000001")
-NUMERIC_LIMIT = Decimal(10) ** 12  # NUMERIC(18, 6): twelve digits before the point
+from .domain import IntegrationState
+from .errors import UnknownUser, UserError
+from .models import attempts_t, integrations_t, metrics_t, users_t
 
 
 # ---------------------------------------------------------------- users
@@ -209,16 +204,6 @@ def remove_integration(conn, integration_id: int) -> int:
     return rows
 
 
-def load_secrets(conn, integration_id: int) -> dict:
-    """The encrypted token columns and sync state of one integration (for the engine only)."""
-    cols = [
-        integrations_t.c.access_token_enc, integrations_t.c.refresh_token_enc,
-        integrations_t.c.cached_access_token_enc, integrations_t.c.cached_access_token_expires_at,
-        integrations_t.c.token_expires_at,
-    ]
-    return dict(conn.execute(select(*cols).where(integrations_t.c.id == integration_id)).one()._mapping)
-
-
 def any_encrypted_token(conn) -> str | None:
     """One stored ciphertext, to check the configured key before a run writes anything."""
     column = func.coalesce(integrations_t.c.access_token_enc, integrations_t.c.refresh_token_enc)
@@ -232,125 +217,39 @@ def save_tokens(conn, integration_id: int, **values) -> None:
     conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))
 
 
-def save_account_info(conn, integration_id: int, *, currency, time_zone, name) -> None:
+def save_account_info(conn, integration_id: int, *, currency: str | None, time_zone: str | None, name: str | None,
+                      now: datetime) -> None:
     conn.execute(
         update(integrations_t)
         .where(integrations_t.c.id == integration_id)
-        .values(currency=currency, time_zone=time_zone, account_name=name, updated_at=utcnow())
+        .values(currency=currency, time_zone=time_zone, account_name=name, updated_at=now)
     )
 
 
-# ---------------------------------------------------------------- metrics
+# ---------------------------------------------------------------- what a sync reads and leaves behind
 
 
-def _q(value: Decimal) -> Decimal:
-    return value.quantize(SIX_PLACES, rounding=ROUND_HALF_UP)
-
-
-def _ratio(numerator: Decimal, denominator: Decimal) -> Decimal | None:
-    if not denominator:
+def integration_state(conn, integration_id: int) -> IntegrationState | None:
+    """The integration as an attempt starts from (tokens still encrypted); None when it was removed."""
+    row = conn.execute(select(integrations_t).where(integrations_t.c.id == integration_id)).first()
+    if row is None:
         return None
-    value = _q(numerator / denominator)
-    return value if abs(value) < NUMERIC_LIMIT else None  # e.g. revenue over one micro of spend: not storable, not meaningful
+    fields = IntegrationState.__dataclass_fields__
+    return IntegrationState(**{k: v for k, v in row._mapping.items() if k in fields})
 
 
-def derived_metrics(spend: Decimal, impressions: int, clicks: int, revenue: Decimal) -> dict:
-    """CTR (percent), CPC and ROAS from the stored base metrics; None when the denominator is 0
-    (or the ratio is beyond what NUMERIC(18, 6) holds)."""
-    return {
-        "ctr": _ratio(Decimal(clicks) * 100, Decimal(impressions)),
-        "cpc": _ratio(spend, Decimal(clicks)),
-        "roas": _ratio(revenue, spend),
-    }
+def mark_success(conn, integration_id: int, *, finished_at: datetime, full: bool) -> None:
+    values = dict(status="ok", last_synced_at=finished_at, last_attempt_at=finished_at, last_error=None,
+                  rate_limited_until=None, updated_at=finished_at)
+    if full:
+        values["last_full_sync_at"] = finished_at
+    conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))
 
 
-_METRIC_COLUMNS = ("integration_id", "campaign_id", "date", "campaign_name", "spend", "impressions", "clicks", "conversions",
-                   "revenue", "ctr", "cpc", "roas", "currency", "synced_at")
-_KEY = ("integration_id", "campaign_id", "date")
-
-
-def _upsert_sql(conn) -> str:
-    """The dialect upsert (SQLite >= 3.24 and PostgreSQL share the ON CONFLICT syntax), in the driver's paramstyle."""
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    updates = ", ".join(f"{c} = excluded.{c}" for c in _METRIC_COLUMNS if c not in _KEY)
-    return (f"INSERT INTO campaign_metrics ({', '.join(_METRIC_COLUMNS)}) VALUES ({', '.join([mark] * len(_METRIC_COLUMNS))}) "
-            f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {updates}")
-
-
-def _driver_rows(conn, integration_id: int, rows: Iterable[InsightRow], currency: str | None, synced_at: datetime) -> list[tuple]:
-    """Rows as the driver takes them, in ``_METRIC_COLUMNS`` order, built in one pass.
-
-    Values are converted exactly as SQLAlchemy would store them (its own bind
-    processors for dates and timestamps, float for NUMERIC on SQLite), but once
-    per distinct date instead of once per cell: SQLAlchemy's per-row type
-    machinery was most of a sync's CPU time.
-    """
-    dialect = conn.dialect
-    native = dialect.name == "postgresql"  # psycopg adapts Decimal, date and aware datetime itself
-    date_proc = None if native else metrics_t.c.date.type.dialect_impl(dialect).bind_processor(dialect)
-    stamp_proc = None if native else metrics_t.c.synced_at.type.dialect_impl(dialect).bind_processor(dialect)
-    stamp = stamp_proc(synced_at) if stamp_proc else synced_at
-    dates: dict = {}
-    out = []
-    append = out.append
-    for row in rows:
-        spend, conversions, revenue = _q(row.spend), _q(row.conversions), _q(row.revenue)
-        for name, value in (("spend", spend), ("conversions", conversions), ("revenue", revenue)):
-            if abs(value) >= NUMERIC_LIMIT:
-                raise FatalApiError(f"campaign {row.campaign_id} on {row.date}: {name} {value} is beyond what emsync stores (NUMERIC(18,6))")
-        ctr = _ratio(Decimal(row.clicks) * 100, Decimal(row.impressions)) if row.impressions else None
-        cpc = _ratio(spend, Decimal(row.clicks)) if row.clicks else None
-        roas = _ratio(revenue, spend) if spend else None
-        day = dates.get(row.date)
-        if day is None:
-            day = dates[row.date] = date_proc(row.date) if date_proc else row.date
-        if native:
-            append((integration_id, row.campaign_id, day, row.campaign_name, spend, row.impressions, row.clicks,
-                    conversions, revenue, ctr, cpc, roas, currency, stamp))
-        else:
-            append((integration_id, row.campaign_id, day, row.campaign_name, float(spend), row.impressions, row.clicks,
-                    float(conversions), float(revenue), None if ctr is None else float(ctr),
-                    None if cpc is None else float(cpc), None if roas is None else float(roas), currency, stamp))
-    return out
-
-
-def replace_window(
-    conn, integration_id: int, window: SyncWindow, rows: Iterable[InsightRow], currency: str | None, synced_at: datetime
-) -> int:
-    """Make the integration's rows for the window's dates equal ``rows``.
-
-    One upsert for everything returned, then one delete of what the API no
-    longer returns for those dates (every surviving row carries ``synced_at``).
-    Returns the number of rows written.
-    """
-    unique: dict[tuple[str, date], InsightRow] = {}
-    for row in rows:
-        if window.since <= row.date <= window.until:
-            unique[(row.campaign_id, row.date)] = row
-    values = _driver_rows(conn, integration_id, unique.values(), currency, synced_at)
-    if values:
-        conn.exec_driver_sql(_upsert_sql(conn), values)
+def mark_failure(conn, integration_id: int, *, finished_at: datetime, status: str, error: str, retry_at: datetime | None) -> None:
+    """``status`` is one of error, needs_reauth, rate_limited; ``retry_at`` only for rate_limited."""
     conn.execute(
-        delete(metrics_t).where(
-            metrics_t.c.integration_id == integration_id,
-            metrics_t.c.date >= window.since,
-            metrics_t.c.date <= window.until,
-            metrics_t.c.synced_at != synced_at,
-        )
+        update(integrations_t)
+        .where(integrations_t.c.id == integration_id)
+        .values(status=status, last_error=error[:2000], last_attempt_at=finished_at, rate_limited_until=retry_at, updated_at=finished_at)
     )
-    return len(values)
-
-
-def metric_rows(conn, integration_id: int) -> list[dict]:
-    query = select(metrics_t).where(metrics_t.c.integration_id == integration_id).order_by(metrics_t.c.date, metrics_t.c.campaign_id)
-    return [dict(r._mapping) for r in conn.execute(query)]
-
-
-def rows_since(conn, since: date) -> dict[int, int]:
-    """Rows per integration dated ``since`` or later (the status table's "rows in window")."""
-    query = (
-        select(metrics_t.c.integration_id, func.count())
-        .where(metrics_t.c.date >= since)
-        .group_by(metrics_t.c.integration_id)
-    )
-    return {i: n for i, n in conn.execute(query)}

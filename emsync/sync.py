@@ -1,7 +1,17 @@
-"""The sync engine: pick due integrations, claim each, fetch through its connector, replace its window.
+"""The sync engine: pick due integrations, claim each, fetch through its connector, save the window.
+
+The path of one integration, top to bottom in ``Syncer``:
+
+    _sync_one      claim it (locks.py) and read its IntegrationState (store.py)
+    _attempt       decrypt Credentials, then
+      _fetch         connector.prepare → account_info (first sync) → fetch(window)
+      _save_success  one write transaction: renewed tokens, the window (campaign_rows.py),
+                     the attempt record (runs.py), the integration's status (store.py)
+      _save_failure  one write transaction: renewed tokens, the attempt, the failing status
 
 Each integration is independent: its own claim, its own transaction, its own
-error. A failure is recorded on that integration and the run moves on.
+error. Whatever goes wrong for one integration — claim, fetch, write, even
+recording the failure — becomes its ``IntegrationResult`` and the run moves on.
 """
 from __future__ import annotations
 
@@ -9,25 +19,31 @@ import logging
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from . import runs, store
+from . import campaign_rows, runs, store
+from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
-from .connectors.base import Account, Credentials, SyncWindow, account_label
 from .crypto import TokenBox
-from .errors import ApiError, EmsyncError, RateLimited
-from .http import HttpClient, new_session, redact, register_secret
 from .db import write_transaction
+from .domain import AccountInfo, Connector, Credentials, Fetched, IntegrationState, SyncWindow, account_label
+from .errors import ApiError, EmsyncError, RateLimited
+from .healthcheck import Healthcheck
+from .http import HttpClient, new_session
 from .locks import locker_for
+from .redaction import redact, register_secret
+from .runs import DueIntegration
 
 log = logging.getLogger("emsync")
 
 
 @dataclass(frozen=True)
 class SyncOptions:
+    """What a run was asked to do: ``email`` limits it to one user (sync-user), ``full`` re-fetches the whole window."""
+
     email: str | None = None
     platform: str | None = None
     full: bool = False
@@ -51,6 +67,19 @@ class IntegrationResult:
     @property
     def failed(self) -> bool:
         return self.status not in ("ok", "skipped")
+
+    @property
+    def label(self) -> str:
+        return account_label(self.platform, self.account_id)
+
+    def as_dict(self) -> dict:
+        window = self.window
+        return {
+            "id": self.integration_id, "platform": self.platform, "email": self.email, "account_id": self.account_id,
+            "status": self.status, "rows": self.rows, "api_requests": self.api_requests, "duration_s": round(self.duration_s, 3),
+            "window": None if window is None else {"since": window.since.isoformat(), "until": window.until.isoformat(), "full": window.full},
+            "error": self.error, "retry_at": self.retry_at.isoformat() if self.retry_at else None,
+        }
 
 
 @dataclass
@@ -87,40 +116,84 @@ class RunResult:
             text += f", {self.skipped} skipped"
         return f"{text}, {self.rows} rows in {self.duration_s:.1f}s"
 
+    def as_dict(self) -> dict:
+        """The shape of ``sync-all --json``."""
+        return {
+            "run_id": self.run_id, "started_at": self.started_at.isoformat(), "duration_s": round(self.duration_s, 3),
+            "due": self.due, "succeeded": self.succeeded, "failed": self.failed, "skipped": self.skipped, "rows": self.rows,
+            "integrations": [r.as_dict() for r in self.results],
+        }
 
-def window_for(state: dict, settings: Settings, *, force_full: bool, now: datetime) -> SyncWindow:
-    """The dates to fetch: today in the account's time zone and the days before it."""
+
+def window_for(state: IntegrationState, settings: Settings, *, force_full: bool, now: datetime) -> SyncWindow:
+    """The dates to fetch: today in the account's time zone and the days before it.
+
+    The whole lookback window on the first sync, with ``force_full``, or when
+    the last full sync is ``EMSYNC_FULL_SYNC_HOURS`` old; else the recent days.
+    """
     try:
-        tz = ZoneInfo(state["time_zone"]) if state.get("time_zone") else timezone.utc
+        tz = ZoneInfo(state.time_zone) if state.time_zone else timezone.utc
     except (ZoneInfoNotFoundError, ValueError):
         tz = timezone.utc
     today = now.astimezone(tz).date()
-    last_full = state.get("last_full_sync_at")
+    last_full = state.last_full_sync_at
     full = force_full or last_full is None or now - last_full >= timedelta(hours=settings.full_sync_hours)
     days = settings.lookback_days if full else min(settings.recent_days, settings.lookback_days)
     return SyncWindow(since=today - timedelta(days=days - 1), until=today, full=full)
 
 
-def make_connector(platform: str, settings: Settings, api: HttpClient):
+def make_connector(platform: str, settings: Settings, api: HttpClient, clock: Clock) -> Connector:
     if platform == "meta":
         from .connectors.meta import MetaConnector
 
-        return MetaConnector(settings, api)
+        return MetaConnector(settings, api, clock)
     from .connectors.google import GoogleConnector
 
-    return GoogleConnector(settings, api)
+    return GoogleConnector(settings, api, clock)
 
 
-class Engine:
-    def __init__(self, settings: Settings, engine, *, on_result: Callable[[IntegrationResult], None] | None = None,
-                 on_start: Callable[[int], None] | None = None):
+def describe_failure(exc: BaseException) -> str:
+    """One redacted line for ``last_error``: emsync's own message, or the type and text of a surprise."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, EmsyncError):
+        text = str(exc)
+    elif isinstance(exc, SQLAlchemyError):
+        text = "database error: " + (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return redact(text)
+
+
+@dataclass
+class _Fetch:
+    """What ``_fetch`` learnt, kept for the save steps (success or failure)."""
+
+    creds: Credentials
+    window: SyncWindow | None = None
+    info: AccountInfo | None = None
+    fetched: Fetched | None = None
+
+
+class Syncer:
+    """Runs sync-all / sync-user for one process: a thread per integration, up to ``EMSYNC_CONCURRENCY`` at once.
+
+    ``on_start(due)`` and ``on_result(result)`` let a front end show progress;
+    ``clock`` supplies every timestamp (tests pass a ``ManualClock``).
+    """
+
+    def __init__(self, settings: Settings, db_engine, *, clock: Clock = SYSTEM_CLOCK,
+                 on_result: Callable[[IntegrationResult], None] | None = None, on_start: Callable[[int], None] | None = None):
         self.settings = settings
-        self.engine = engine
+        self.db = db_engine
+        self.clock = clock
         self.box = TokenBox(settings.require_secret_key())
         self.on_result = on_result or (lambda result: None)
         self.on_start = on_start or (lambda due: None)
         self.host = socket.gethostname()
         register_secret(*settings.secrets())
+
+    # ---------------------------------------------------------------- a run
 
     def open_run(self, options: SyncOptions) -> RunResult:
         """Check the key and the user, bury dead runs, record the new run. Nothing is synced yet.
@@ -128,34 +201,50 @@ class Engine:
         Raises:
             UserError: unknown email; ConfigError: a key that cannot decrypt the stored tokens.
         """
-        scope = ", ".join(p for p in (options.email and f"user {options.email}", options.platform and f"platform {options.platform}") if p) or None
-        with self.engine.begin() as conn:
+        parts = (options.email and f"user {options.email}", options.platform and f"platform {options.platform}")
+        scope = ", ".join(p for p in parts if p) or None
+        with self.db.begin() as conn:
             if options.email is not None:
                 store.user_id_for(conn, options.email)
             sample = store.any_encrypted_token(conn)
         if sample is not None:
             self.box.decrypt(sample)  # a wrong key is a configuration error: fail before writing anything
-        with write_transaction(self.engine) as conn:
-            runs.bury_dead_runs(conn, self.host)
-            run_id, started_at = runs.start_run(conn, trigger=options.trigger, host=self.host, scope=scope, full=options.full)
-        return RunResult(run_id=run_id, started_at=started_at)
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            runs.bury_dead_runs(conn, self.host, now)
+            run_id = runs.start_run(conn, trigger=options.trigger, host=self.host, scope=scope, full=options.full, now=now)
+        return RunResult(run_id=run_id, started_at=now)
 
     def run(self, options: SyncOptions, opened: RunResult | None = None) -> RunResult:
-        """One invocation of sync-all / sync-user (``opened``: a run already recorded by ``open_run``)."""
+        """One invocation of sync-all / sync-user (``opened``: a run already recorded by ``open_run``).
+
+        A sync-all (no ``email``) pings ``EMSYNC_HEALTHCHECK_URL`` at its start and end,
+        whoever started it (cron, the CLI, ``emsync serve``).
+        """
+        ping = Healthcheck(self.settings.healthcheck_url if options.email is None else None)
+        ping.start()
+        try:
+            result = self._run(options, opened)
+        except BaseException as exc:
+            ping.finish(False, f"emsync run crashed: {type(exc).__name__}")
+            raise
+        ping.finish(result.failed == 0, result.summary())
+        return result
+
+    def _run(self, options: SyncOptions, opened: RunResult | None) -> RunResult:
         clock = time.monotonic()
         result = opened or self.open_run(options)
         try:
-            with self.engine.begin() as conn:
-                due = runs.due_integrations(
-                    conn, email=options.email, platform=options.platform, include_reauth=options.email is not None, now=result.started_at
-                )
+            with self.db.begin() as conn:
+                due = runs.due_integrations(conn, email=options.email, platform=options.platform,
+                                            include_reauth=options.email is not None, now=result.started_at)
             result.due = len(due)
             log.info("Found %d active integrations%s", len(due), f" for {options.email}" if options.email else "")
             self.on_start(len(due))
-            locker = locker_for(self.engine, self.settings.database_url)
+            locker = locker_for(self.db, self.settings.database_url)
             session = new_session(self.settings.concurrency)
             with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="sync") as pool:
-                futures = [pool.submit(self._sync_one, item, result.run_id, result.started_at, options, locker, session) for item in due]
+                futures = [pool.submit(self._sync_one, item, result, options, locker, session) for item in due]
                 for future in as_completed(futures):
                     item_result = future.result()
                     result.results.append(item_result)
@@ -163,87 +252,108 @@ class Engine:
             session.close()
         finally:
             result.duration_s = time.monotonic() - clock
-            with write_transaction(self.engine) as conn:
-                runs.finish_run(conn, result.run_id, total=result.due, succeeded=result.succeeded, failed=result.failed,
-                                skipped=result.skipped, rows=result.rows)
+            with write_transaction(self.db) as conn:
+                runs.finish_run(conn, result.run_id, now=self.clock.now(), total=result.due, succeeded=result.succeeded,
+                                failed=result.failed, skipped=result.skipped, rows=result.rows)
         result.results.sort(key=lambda r: r.integration_id)
         log.info(result.summary())
         return result
 
-    def _sync_one(self, item: dict, run_id: int, run_started: datetime, options: SyncOptions, locker, session) -> IntegrationResult:
-        label = account_label(item["platform"], item["account_id"])
-        result = IntegrationResult(item["id"], item["platform"], item["email"], item["account_id"], status="skipped")
-        claim = locker.try_claim(item["id"])
-        if claim is None:
-            result.error = "another run is syncing it"
-            log.info("Skipping %s for %s (%s): another run is syncing it", item["platform"], item["email"], label)
-            return result
-        with claim:
-            with self.engine.begin() as conn:
-                state = runs.sync_state(conn, item["id"])
-            if state is None or not state["is_active"]:
-                result.error = "removed or disabled meanwhile"
-                return result
-            if state["last_attempt_at"] is not None and state["last_attempt_at"] >= run_started:
-                result.error = "already synced by another run"
-                log.info("Skipping %s for %s (%s): already synced by another run", item["platform"], item["email"], label)
-                return result
-            log.info("Syncing %s for %s (%s)...", item["platform"], item["email"], label)
-            return self._attempt(state, result, run_id, options, session, label)
+    # ---------------------------------------------------------------- one integration
 
-    def _attempt(self, state: dict, result: IntegrationResult, run_id: int, options: SyncOptions, session, label: str) -> IntegrationResult:
-        started = datetime.now(timezone.utc)
-        clock = time.monotonic()
-        s = self.settings
-        api = HttpClient(session, timeout=s.http_timeout, attempts=s.retry_attempts, max_wait=s.retry_max_wait)
-        creds = Credentials(token_expires_at=state["token_expires_at"], cached_access_token_expires_at=state["cached_access_token_expires_at"])
-        connector = make_connector(state["platform"], s, api)
-        account = Account(state["platform"], state["account_id"], state["login_customer_id"], state["time_zone"])
-        window, info = None, None
+    def _sync_one(self, item: DueIntegration, run: RunResult, options: SyncOptions, locker, session) -> IntegrationResult:
+        """Claim, read, attempt. Never raises: anything that goes wrong is this integration's result."""
+        result = IntegrationResult(item.id, item.platform, item.email, item.account_id, status="skipped")
         try:
-            creds.access_token = self.box.decrypt(state["access_token_enc"])
-            creds.refresh_token = self.box.decrypt(state["refresh_token_enc"])
-            creds.cached_access_token = self.box.decrypt(state["cached_access_token_enc"])
-            register_secret(*creds.secrets())
-            connector.prepare(creds)
-            if state["currency"] is None and state["time_zone"] is None:
-                info = connector.account_info(account, creds)
-                state = {**state, "currency": info.currency, "time_zone": info.time_zone}
-            window = window_for(state, s, force_full=options.full, now=started)
-            result.window = window
-            rows = connector.fetch(account, window, creds)
-            # One write transaction per integration: what the connector learnt, the window, the status.
-            with write_transaction(self.engine) as conn:
-                self._remember(conn, state["id"], creds, info)
-                result.rows = store.replace_window(conn, state["id"], window, rows, state["currency"], started)
-                finished = runs.record_attempt(conn, run_id=run_id, integration_id=state["id"], window=window, started_at=started,
-                                               status="ok", rows=result.rows, api_requests=api.requests, error=None)
-                runs.mark_success(conn, state["id"], finished_at=finished, full=window.full)
-            result.status = "ok"
-        except Exception as exc:  # noqa: BLE001 - one integration's failure must never stop the others
-            result.status = exc.status if isinstance(exc, ApiError) else "error"
-            result.error = redact(str(exc) if isinstance(exc, EmsyncError) else f"{type(exc).__name__}: {exc}")
-            result.retry_at = exc.retry_at if isinstance(exc, RateLimited) else None
-            if not isinstance(exc, EmsyncError):
-                log.debug("unexpected failure syncing %s", label, exc_info=True)
-            with write_transaction(self.engine) as conn:
-                self._remember(conn, state["id"], creds, info)  # a renewed token must survive the failure
-                finished = runs.record_attempt(conn, run_id=run_id, integration_id=state["id"], window=window, started_at=started,
-                                               status=result.status, rows=0, api_requests=api.requests, error=result.error)
-                runs.mark_failure(conn, state["id"], finished_at=finished, status=result.status, error=result.error, retry_at=result.retry_at)
-        result.api_requests = api.requests
-        result.duration_s = time.monotonic() - clock
-        fields = {"integration_result": True, "integration_id": result.integration_id, "platform": result.platform,
-                  "email": result.email, "status": result.status, "rows": result.rows, "run_id": run_id}
-        if result.status == "ok":
-            log.info("Successfully synced %s for %s (%s): %d rows, %d requests, %.1fs",
-                     result.platform, result.email, label, result.rows, result.api_requests, result.duration_s, extra=fields)
-        else:
-            log.error("Failed to sync %s for %s (%s): %s: %s", result.platform, result.email, label, result.status, result.error, extra=fields)
+            claim = locker.try_claim(item.id)
+            if claim is None:
+                return self._skip(result, "another run is syncing it")
+            with claim:
+                with self.db.begin() as conn:
+                    state = store.integration_state(conn, item.id)
+                if state is None or not state.is_active:
+                    return self._skip(result, "removed or disabled meanwhile", quiet=True)
+                if state.last_attempt_at is not None and state.last_attempt_at >= run.started_at:
+                    return self._skip(result, "already synced by another run")
+                log.info("Syncing %s for %s (%s)...", item.platform, item.email, result.label)
+                self._attempt(state, result, run.run_id, options, session)
+        except Exception as exc:  # noqa: BLE001 - a claim, a read or the failure record itself failed
+            result.status, result.error = "error", describe_failure(exc)
+            log.debug("could not sync or record integration %s", item.id, exc_info=True)
+        self._log_result(result, run.run_id)
         return result
 
-    def _remember(self, conn, integration_id: int, creds: Credentials, info) -> None:
+    def _skip(self, result: IntegrationResult, reason: str, *, quiet: bool = False) -> IntegrationResult:
+        result.error = reason
+        if not quiet:
+            log.info("Skipping %s for %s (%s): %s", result.platform, result.email, result.label, reason)
+        return result
+
+    def _attempt(self, state: IntegrationState, result: IntegrationResult, run_id: int, options: SyncOptions, session) -> None:
+        s = self.settings
+        started = self.clock.now()
+        clock = time.monotonic()
+        api = HttpClient(session, timeout=s.http_timeout, attempts=s.retry_attempts, max_wait=s.retry_max_wait, clock=self.clock)
+        work = _Fetch(Credentials(token_expires_at=state.token_expires_at,
+                                  cached_access_token_expires_at=state.cached_access_token_expires_at))
+        try:
+            self._fetch(state, work, api, force_full=options.full, now=started)
+            result.window = work.window
+            result.rows = self._save_success(state, work, run_id, started, api.requests)
+            result.status = "ok"
+        except Exception as exc:  # noqa: BLE001 - one integration's failure must never stop the others
+            result.window = work.window
+            result.status = exc.status if isinstance(exc, ApiError) else "error"
+            result.error = describe_failure(exc)
+            result.retry_at = exc.retry_at if isinstance(exc, RateLimited) else None
+            if not isinstance(exc, EmsyncError):
+                log.debug("unexpected failure syncing %s", state.label, exc_info=True)
+            self._save_failure(state, work, result, run_id, started, api.requests)
+        result.api_requests = api.requests
+        result.duration_s = time.monotonic() - clock
+
+    def _fetch(self, state: IntegrationState, work: _Fetch, api: HttpClient, *, force_full: bool, now: datetime) -> None:
+        """Decrypt, prepare the credentials, learn the account once, read the window. Fills ``work`` as it goes."""
+        creds = work.creds
+        creds.access_token = self.box.decrypt(state.access_token_enc)
+        creds.refresh_token = self.box.decrypt(state.refresh_token_enc)
+        creds.cached_access_token = self.box.decrypt(state.cached_access_token_enc)
+        register_secret(*creds.secrets())
+        connector = make_connector(state.platform, self.settings, api, self.clock)
+        connector.prepare(creds)
+        if state.currency is None and state.time_zone is None:
+            work.info = connector.account_info(state.account, creds)
+            state = _with_info(state, work.info)
+        work.window = window_for(state, self.settings, force_full=force_full, now=now)
+        work.fetched = connector.fetch(state.account, work.window, creds)
+
+    def _save_success(self, state: IntegrationState, work: _Fetch, run_id: int, started: datetime, requests: int) -> int:
+        """One write transaction: what the connector learnt, the window, the attempt, the status. Returns rows written."""
+        assert work.window is not None and work.fetched is not None
+        currency = work.info.currency if work.info else state.currency
+        with write_transaction(self.db) as conn:
+            self._remember(conn, state.id, work)
+            rows = campaign_rows.replace_window(conn, state.id, work.window, work.fetched.rows, currency, started)
+            finished = self.clock.now()
+            runs.record_attempt(conn, run_id=run_id, integration_id=state.id, window=work.window, started_at=started,
+                                finished_at=finished, status="ok", rows=rows, api_requests=requests, error=None)
+            store.mark_success(conn, state.id, finished_at=finished, full=work.window.full)
+        return rows
+
+    def _save_failure(self, state: IntegrationState, work: _Fetch, result: IntegrationResult, run_id: int, started: datetime,
+                      requests: int) -> None:
+        """One write transaction: a renewed token must survive the failure; the attempt and the failing status."""
+        error = result.error or result.status
+        with write_transaction(self.db) as conn:
+            self._remember(conn, state.id, work)
+            finished = self.clock.now()
+            runs.record_attempt(conn, run_id=run_id, integration_id=state.id, window=work.window, started_at=started,
+                                finished_at=finished, status=result.status, rows=0, api_requests=requests, error=error)
+            store.mark_failure(conn, state.id, finished_at=finished, status=result.status, error=error, retry_at=result.retry_at)
+
+    def _remember(self, conn, integration_id: int, work: _Fetch) -> None:
         """Persist renewed tokens and first-sync account metadata, inside the caller's transaction."""
+        creds = work.creds
         if creds.changed:
             store.save_tokens(
                 conn, integration_id,
@@ -252,5 +362,22 @@ class Engine:
                 cached_access_token_enc=self.box.encrypt(creds.cached_access_token),
                 cached_access_token_expires_at=creds.cached_access_token_expires_at,
             )
-        if info is not None:
-            store.save_account_info(conn, integration_id, currency=info.currency, time_zone=info.time_zone, name=info.name)
+        if work.info is not None:
+            store.save_account_info(conn, integration_id, currency=work.info.currency, time_zone=work.info.time_zone,
+                                    name=work.info.name, now=self.clock.now())
+
+    def _log_result(self, result: IntegrationResult, run_id: int) -> None:
+        if result.status == "skipped":
+            return
+        fields = {"integration_result": True, "integration_id": result.integration_id, "platform": result.platform,
+                  "email": result.email, "status": result.status, "rows": result.rows, "run_id": run_id}
+        if result.status == "ok":
+            log.info("Successfully synced %s for %s (%s): %d rows, %d requests, %.1fs",
+                     result.platform, result.email, result.label, result.rows, result.api_requests, result.duration_s, extra=fields)
+        else:
+            log.error("Failed to sync %s for %s (%s): %s: %s", result.platform, result.email, result.label, result.status,
+                      result.error, extra=fields)
+
+
+def _with_info(state: IntegrationState, info: AccountInfo) -> IntegrationState:
+    return replace(state, currency=info.currency, time_zone=info.time_zone)

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from datetime import date, timedelta
+from decimal import Decimal
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..config import Settings
+from ..domain import Account, AccountInfo, Credentials, Fetched, InsightRow, SyncWindow
 from ..errors import ApiError, FatalApiError, NeedsReauth, RateLimited, RetryableError
-from ..http import HttpClient, parse_json, register_secret
-from .base import Account, AccountInfo, Credentials, InsightRow, SyncWindow, issued_token
+from ..http import HttpClient, parse_json
+from ..numbers import api_decimal, api_int
+from ..redaction import register_secret
+from .base import issued_token
 
 log = logging.getLogger("emsync")
 
@@ -27,20 +31,6 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 class _Unauthenticated(ApiError):
     """401 from the Ads API: the access token is no longer accepted; refresh once."""
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _number(value, what: str) -> Decimal:
-    try:
-        result = Decimal(str(value))
-    except InvalidOperation:
-        raise FatalApiError(f"Google Ads returned a {what} emsync cannot read: {str(value)[:40]!r}") from None
-    if not result.is_finite():
-        raise FatalApiError(f"Google Ads returned a {what} emsync cannot read: {str(value)[:40]!r}")
-    return result
 
 
 def parse_rows(batches) -> list[InsightRow]:
@@ -63,11 +53,11 @@ def parse_rows(batches) -> list[InsightRow]:
                     campaign_id=campaign_id,
                     date=day,
                     campaign_name=campaign.get("name"),
-                    spend=_number(metrics.get("costMicros", 0), "cost") / MICROS,
-                    impressions=int(_number(metrics.get("impressions", 0), "impression count")),
-                    clicks=int(_number(metrics.get("clicks", 0), "click count")),
-                    conversions=_number(metrics.get("conversions", 0), "conversion count"),
-                    revenue=_number(metrics.get("conversionsValue", 0), "conversion value"),
+                    spend=api_decimal(metrics.get("costMicros"), "Google Ads", "cost") / MICROS,
+                    impressions=api_int(metrics.get("impressions"), "Google Ads", "impression count"),
+                    clicks=api_int(metrics.get("clicks"), "Google Ads", "click count"),
+                    conversions=api_decimal(metrics.get("conversions"), "Google Ads", "conversion count"),
+                    revenue=api_decimal(metrics.get("conversionsValue"), "Google Ads", "conversion value"),
                 )
             )
     return rows
@@ -101,9 +91,10 @@ def _codes(failures: list[dict]) -> set[str]:
 class GoogleConnector:
     platform = "google"
 
-    def __init__(self, settings: Settings, api: HttpClient):
+    def __init__(self, settings: Settings, api: HttpClient, clock: Clock = SYSTEM_CLOCK):
         self.settings = settings
         self.api = api
+        self.clock = clock
 
     # ---------------------------------------------------------------- OAuth
 
@@ -111,7 +102,7 @@ class GoogleConnector:
         """Make sure a cached access token valid for at least five more minutes is at hand."""
         register_secret(creds.refresh_token, creds.cached_access_token)
         expires = creds.cached_access_token_expires_at
-        if creds.cached_access_token and expires and expires - _now() > REFRESH_MARGIN:
+        if creds.cached_access_token and expires and expires - self.clock.now() > REFRESH_MARGIN:
             return
         self._refresh(creds)
 
@@ -130,8 +121,8 @@ class GoogleConnector:
             },
             classify=self._classify_token,
         )
-        creds.cached_access_token, expires = issued_token(body, "Google's token endpoint")
-        creds.cached_access_token_expires_at = expires or _now() + timedelta(seconds=3599)
+        creds.cached_access_token, expires = issued_token(body, "Google's token endpoint", self.clock.now())
+        creds.cached_access_token_expires_at = expires or self.clock.now() + timedelta(seconds=3599)
         creds.changed = True
 
     def _classify_token(self, response) -> dict:
@@ -182,7 +173,7 @@ class GoogleConnector:
             delay = _retry_delay(error)
             if "RESOURCE_TEMPORARILY_EXHAUSTED" in codes and (delay is None or delay <= self.api.max_wait):
                 raise RetryableError(label, wait=delay, rate_limit=True, request_id=request_id)
-            until = _now() + (timedelta(seconds=delay) if delay else UNKNOWN_QUOTA_DELAY)
+            until = self.clock.now() + (timedelta(seconds=delay) if delay else UNKNOWN_QUOTA_DELAY)
             raise RateLimited(label, retry_at=until, request_id=request_id)
         if code in (500, 502, 503, 504) or status in ("INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
             raise RetryableError(label, request_id=request_id)
@@ -219,6 +210,6 @@ class GoogleConnector:
                 return AccountInfo(customer.get("currencyCode"), customer.get("timeZone"), customer.get("descriptiveName"))
         raise FatalApiError(f"Google Ads returned no customer row for {account.account_id}")
 
-    def fetch(self, account: Account, window: SyncWindow, creds: Credentials) -> list[InsightRow]:
+    def fetch(self, account: Account, window: SyncWindow, creds: Credentials) -> Fetched:
         query = METRICS_QUERY.format(since=window.since.isoformat(), until=window.until.isoformat())
-        return parse_rows(self._search(account, query, creds))
+        return Fetched(parse_rows(self._search(account, query, creds)))

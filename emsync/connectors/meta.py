@@ -5,14 +5,18 @@ import hashlib
 import hmac
 import json
 import logging
-from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from datetime import date, timedelta
+from decimal import Decimal
 from urllib.parse import parse_qsl, urlsplit
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..config import Settings
+from ..domain import Account, AccountInfo, Credentials, Fetched, InsightRow, SyncWindow
 from ..errors import FatalApiError, NeedsAsyncReport, NeedsReauth, RateLimited, RetryableError
-from ..http import HttpClient, parse_json, register_secret
-from .base import Account, AccountInfo, Credentials, InsightRow, SyncWindow, issued_token
+from ..http import HttpClient, parse_json
+from ..numbers import ZERO, api_decimal, api_int
+from ..redaction import register_secret
+from .base import issued_token
 
 log = logging.getLogger("emsync")
 
@@ -23,10 +27,6 @@ THROTTLE_AT_PCT = 90.0
 ASYNC_MAX_WAIT_S = 900.0
 RATE_LIMIT_CODES = {4, 17, 32, 613} | set(range(80000, 80015))
 TOKEN_CODES = {190, 102}
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def usage(headers) -> tuple[float, float]:
@@ -86,8 +86,8 @@ def pick_conversions(actions, action_values, types: tuple[str, ...]) -> tuple[De
     values = _listed(action_values, types)
     chosen = next((t for t in types if t in counts), None) or next((t for t in types if t in values), None)
     if chosen is None:
-        return Decimal(0), Decimal(0)
-    return _decimal(counts.get(chosen, "0")), _decimal(values.get(chosen, "0"))
+        return ZERO, ZERO
+    return api_decimal(counts.get(chosen), "Meta", "conversion count"), api_decimal(values.get(chosen), "Meta", "conversion value")
 
 
 def _listed(items, types: tuple[str, ...]) -> dict:
@@ -100,21 +100,6 @@ def _listed(items, types: tuple[str, ...]) -> dict:
                 if kind in types:
                     found[kind] = item.get("value", "0")
     return found
-
-
-def _decimal(value) -> Decimal:
-    try:
-        result = Decimal(str(value))
-    except InvalidOperation:
-        raise FatalApiError(f"Meta returned a number emsync cannot read: {str(value)[:40]!r}") from None
-    if not result.is_finite():
-        raise FatalApiError(f"Meta returned a number emsync cannot read: {str(value)[:40]!r}")
-    return result
-
-
-def _int(value) -> int:
-    number = _decimal(value if value not in (None, "") else "0")
-    return int(number)
 
 
 def parse_row(item: dict, types: tuple[str, ...]) -> InsightRow:
@@ -130,9 +115,9 @@ def parse_row(item: dict, types: tuple[str, ...]) -> InsightRow:
         campaign_id=campaign_id,
         date=day,
         campaign_name=item.get("campaign_name"),
-        spend=_decimal(item.get("spend", "0")),
-        impressions=_int(item.get("impressions")),
-        clicks=_int(item.get("clicks")),
+        spend=api_decimal(item.get("spend"), "Meta", "spend"),
+        impressions=api_int(item.get("impressions"), "Meta", "impression count"),
+        clicks=api_int(item.get("clicks"), "Meta", "click count"),
         conversions=conversions,
         revenue=revenue,
     )
@@ -141,9 +126,10 @@ def parse_row(item: dict, types: tuple[str, ...]) -> InsightRow:
 class MetaConnector:
     platform = "meta"
 
-    def __init__(self, settings: Settings, api: HttpClient):
+    def __init__(self, settings: Settings, api: HttpClient, clock: Clock = SYSTEM_CLOCK):
         self.settings = settings
         self.api = api
+        self.clock = clock
         self.base = f"{settings.meta_graph_url}/{settings.meta_api_version}"
 
     # ---------------------------------------------------------------- requests
@@ -188,7 +174,7 @@ class MetaConnector:
         if code in RATE_LIMIT_CODES or sub == 2446079:
             _, wait = usage(response.headers)
             if wait > self.api.max_wait:
-                raise RateLimited(f"{label} (access returns in {wait / 60:.0f} min)", retry_at=_now() + timedelta(seconds=wait), request_id=trace)
+                raise RateLimited(f"{label} (access returns in {wait / 60:.0f} min)", retry_at=self.clock.now() + timedelta(seconds=wait), request_id=trace)
             raise RetryableError(label, wait=wait or None, rate_limit=True, request_id=trace)
         if (code == 1 and "reduce the amount of data" in message.lower()) or (code, sub) in ((100, 1504018), (2, 1504038)):
             raise NeedsAsyncReport(label, request_id=trace)
@@ -202,7 +188,7 @@ class MetaConnector:
         """Renew a long-lived token that expires within 7 days (system-user tokens have no expiry)."""
         register_secret(creds.access_token)
         expires = creds.token_expires_at
-        if expires is None or expires - _now() > RENEW_WITHIN:
+        if expires is None or expires - self.clock.now() > RENEW_WITHIN:
             return
         if not (self.settings.meta_app_id and self.settings.meta_app_secret):
             log.warning("Meta token expires %s and META_APP_ID/META_APP_SECRET are not set to renew it", expires.date())
@@ -218,7 +204,7 @@ class MetaConnector:
             },
             classify=self._classify,
         )
-        creds.access_token, creds.token_expires_at = issued_token(body, "Meta's token exchange")
+        creds.access_token, creds.token_expires_at = issued_token(body, "Meta's token exchange", self.clock.now())
         creds.changed = True
         log.info("renewed the Meta access token; it now expires %s", creds.token_expires_at.date() if creds.token_expires_at else "never")
 
@@ -226,7 +212,7 @@ class MetaConnector:
         body = self._get(f"{self.base}/act_{account.account_id}", {"fields": "currency,timezone_name,name,account_status"}, creds.access_token)
         return AccountInfo(currency=body.get("currency"), time_zone=body.get("timezone_name"), name=body.get("name"))
 
-    def fetch(self, account: Account, window: SyncWindow, creds: Credentials) -> list[InsightRow]:
+    def fetch(self, account: Account, window: SyncWindow, creds: Credentials) -> Fetched:
         params = {
             "level": "campaign",
             "time_increment": "1",
@@ -236,10 +222,10 @@ class MetaConnector:
         }
         url = f"{self.base}/act_{account.account_id}/insights"
         try:
-            return self._pages(url, params, creds.access_token)
+            return Fetched(self._pages(url, params, creds.access_token))
         except NeedsAsyncReport as exc:
             log.info("act_%s: %s; using an async report run", account.account_id, exc)
-            return self._async_report(url, params, creds.access_token)
+            return Fetched(self._async_report(url, params, creds.access_token))
 
     # ---------------------------------------------------------------- paging and async runs
 

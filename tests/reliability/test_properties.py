@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emsync import store
+from emsync import campaign_rows
 from emsync.config import Settings
-from emsync.connectors.base import InsightRow, SyncWindow
+from emsync.domain import InsightRow, SyncWindow
 from emsync.connectors.google import GoogleConnector, parse_rows
 from emsync.connectors.meta import MetaConnector, parse_row
 from emsync.errors import ApiError, FatalApiError
@@ -78,7 +78,7 @@ def test_meta_classifier_answers_json_or_an_api_error(status, body):
 @given(st.sampled_from([200, 400, 401, 403, 429, 500, 503, 504]), json_values)
 @settings(max_examples=300, deadline=None)
 def test_google_classifier_and_parser_answer_rows_or_an_api_error(status, body):
-    from emsync.connectors.base import Account
+    from emsync.domain import Account
 
     connector = GoogleConnector(_settings(), HttpClient(None, timeout=1, attempts=1, max_wait=0))
     try:
@@ -116,9 +116,9 @@ counts = st.integers(min_value=0, max_value=10**12)
 @given(money, counts, counts, money)
 @settings(max_examples=500, deadline=None)
 def test_derived_metrics_never_divide_by_zero(spend, impressions, clicks, revenue):
-    derived = store.derived_metrics(spend, impressions, clicks, revenue)
+    derived = campaign_rows.derived_metrics(spend, impressions, clicks, revenue)
     def storable(numerator, denominator):
-        return denominator != 0 and abs((numerator / denominator).quantize(Decimal("0.000001"))) < store.NUMERIC_LIMIT
+        return denominator != 0 and abs((numerator / denominator).quantize(Decimal("0.000001"))) < campaign_rows.NUMERIC_LIMIT
 
     assert (derived["ctr"] is None) == (not storable(Decimal(clicks) * 100, Decimal(impressions)))
     assert (derived["cpc"] is None) == (not storable(spend, Decimal(clicks)))
@@ -162,22 +162,22 @@ def test_stored_values_equal_the_api_values_at_six_places(window_engine, backend
             for i, (spend, impressions, clicks, conversions, revenue) in enumerate(metrics)]
     window = SyncWindow(day, day, True)
     with window_engine.begin() as conn:
-        store.replace_window(conn, 1, window, rows, "PLN", datetime.now(timezone.utc))
+        campaign_rows.replace_window(conn, 1, window, rows, "PLN", datetime.now(timezone.utc))
     with window_engine.connect() as conn:
-        stored = {r["campaign_id"]: r for r in store.metric_rows(conn, 1)}
+        stored = {r["campaign_id"]: r for r in campaign_rows.metric_rows(conn, 1)}
     assert len(stored) == len(rows)
     for row in rows:
         got = stored[row.campaign_id]
         assert (got["spend"], got["conversions"], got["revenue"]) == (row.spend, row.conversions, row.revenue)
         assert (got["impressions"], got["clicks"]) == (row.impressions, row.clicks)
-        expected = store.derived_metrics(row.spend, row.impressions, row.clicks, row.revenue)
+        expected = campaign_rows.derived_metrics(row.spend, row.impressions, row.clicks, row.revenue)
         for name in ("ctr", "cpc", "roas"):
             assert (got[name] is None) == (expected[name] is None), name
             assert got[name] is None or _same(got[name], expected[name], backend), (name, got[name], expected[name])
 
 
 def test_ratios_beyond_numeric_18_6_are_null_not_an_overflow():
-    derived = store.derived_metrics(Decimal("0.000001"), 10, 1, Decimal("999999999"))
+    derived = campaign_rows.derived_metrics(Decimal("0.000001"), 10, 1, Decimal("999999999"))
     assert derived["roas"] is None and derived["cpc"] == Decimal("0.000001")
 
 

@@ -6,8 +6,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .config import Settings
-from .crypto import TokenBox, new_key
+from ..config import Settings
+from ..crypto import TokenBox, new_key
 
 USERS = (("anna@example.com", "Anna Nowak"), ("agency@example.com", "Agency Ops"))
 # (email, platform, account id, token, extra); one Meta token is revoked so the status shows a failure.
@@ -27,11 +27,11 @@ SCENARIO = {
 
 
 def run_demo(*, keep: bool = False) -> int:
-    from . import db, store
-    from .output import run_with_output
+    from .. import db, store
+    from ..report import build_status
+    from ..sandbox import Sandbox
     from .render import print_status
-    from .report import build_status
-    from .sandbox import Sandbox
+    from .sync import run_with_output
 
     from rich.console import Console
 

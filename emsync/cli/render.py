@@ -7,14 +7,10 @@ from datetime import datetime, timezone
 from rich.console import Console
 from rich.table import Table
 
-from .connectors.base import account_label as _label
+from ..domain import account_label
 
 RUN_STYLE = {"ok": "[green]ok[/]", "failed": "[red]failed[/]", "died": "[red]died[/]", "running": "[cyan]running[/]"}
 STATUS_STYLE = {"ok": "green", "never_synced": "dim", "error": "red", "needs_reauth": "bold red", "rate_limited": "yellow", "skipped": "dim"}
-
-
-def account_label(row: dict) -> str:
-    return _label(row["platform"], row["account_id"])
 
 
 def _when(value: datetime | None) -> str:
@@ -59,7 +55,7 @@ def integrations_table(rows: list[dict]) -> Table:
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
-            str(r["id"]), r["email"], r["platform"], account_label(r), "yes" if r["is_active"] else "no", _status(r["status"]),
+            str(r["id"]), r["email"], r["platform"], account_label(r["platform"], r["account_id"]), "yes" if r["is_active"] else "no", _status(r["status"]),
             _when(r["last_synced_at"]), r["token_expires_at"].strftime("%Y-%m-%d") if r["token_expires_at"] else "—",
             _one_line(r["last_error"], 50),
         )
@@ -111,7 +107,7 @@ class SyncProgress:
         self.progress.start()
 
     def advance(self, result) -> None:
-        label = _label(result.platform, result.account_id)
+        label = result.label
         if result.status == "ok":
             line = f"[green]✓[/] {result.platform} {result.email} {label}: {result.rows} rows, {result.api_requests} requests, {result.duration_s:.1f}s"
         elif result.status == "skipped":

@@ -1,0 +1,67 @@
+"""The `emsync` command line: parse, call the library, render. Nothing else lives here.
+
+``app`` (Typer) is assembled from ``admin`` (init, users, integrations),
+``sync`` (sync-all, sync-user and their output) and ``ops`` (status, sandbox,
+serve, secret, demo); ``main`` is the console script and the one place that
+turns errors into a line on stderr and an exit code.
+"""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import EmsyncError
+from . import admin, sync, ops  # noqa: F401, I001  (register the commands, in the order --help lists them)
+from .app import app
+
+__all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every error becomes one line on stderr and an exit code."""
+    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in args or "-v" in args
+    try:
+        result = command.main(args=args, prog_name="emsync", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("emsync: aborted", file=sys.stderr)
+        return 130
+    except typer.TyperException as exc:  # usage errors from the argument parser
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(exc.format_message())
+            return 2
+        print(f"emsync: {exc.format_message()} (see 'emsync --help')", file=sys.stderr)
+        return 2
+    except EmsyncError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"emsync: {_redacted(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("emsync: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns surprises into a line
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(exc, SQLAlchemyError):
+            print(f"emsync: database error: {_redacted(exc)}", file=sys.stderr)
+            return 2
+        print(f"emsync: internal error: {type(exc).__name__}: {_redacted(exc)} (run with --verbose for details)", file=sys.stderr)
+        return 1
+
+
+def _redacted(exc: Exception) -> str:
+    from ..redaction import redact
+
+    return redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

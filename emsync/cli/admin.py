@@ -1,0 +1,216 @@
+"""Admin commands: init, users and integrations."""
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UserError
+from .app import JsonOpt, app, console, integrations_app, print_json, state, users_app
+
+
+# ---------------------------------------------------------------- init
+
+
+@app.command()
+def init(typer_ctx: typer.Context) -> None:
+    """Create or upgrade the database schema; generate a secret key when none is configured.
+
+    Safe to run again: it only applies migrations that are missing and never deletes data.
+
+    Example: [bold]emsync init[/bold]
+    """
+    from .. import db
+    from ..config import user_env_file
+    from ..keys import ensure_secret_key
+
+    ctx = state(typer_ctx)
+    settings = ctx.settings
+    engine = ctx.engine(check=False, create=True)
+    before, after = db.upgrade(engine, settings.database_url)
+    where = db.describe_url(settings.database_url)
+    if before == after:
+        print(f"Database {where} is up to date (schema {after}).")
+    elif before is None:
+        print(f"Created the emsync schema ({after}) in {where}.")
+    else:
+        print(f"Upgraded the schema of {where} from {before} to {after}.")
+    written = ensure_secret_key(settings, settings.env_file or user_env_file())
+    if written:
+        print(f"Generated EMSYNC_SECRET_KEY and wrote it to {written} (mode 0600). Keep a copy: tokens cannot be decrypted without it.")
+
+
+# ---------------------------------------------------------------- users
+
+
+@users_app.command("add")
+def users_add(typer_ctx: typer.Context, 
+    email: Annotated[str, typer.Argument(help="The user's email (stored lower-cased).")],
+    name: Annotated[Optional[str], typer.Option(help="Display name.")] = None,
+) -> None:
+    """Add a user.
+
+    Example: [bold]emsync users add anna@example.com --name "Anna Nowak"[/bold]
+    """
+    from .. import store
+
+    with state(typer_ctx).transaction() as conn:
+        user = store.add_user(conn, email, name)
+    print(f"Added user {user['id']}: {user['email']}")
+
+
+@users_app.command("list")
+def users_list(typer_ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """List users with their number of integrations.
+
+    Example: [bold]emsync users list --json[/bold]
+    """
+    from .. import store
+
+    with state(typer_ctx).transaction(write=False) as conn:
+        users = store.list_users(conn)
+    if json_out:
+        print_json(users)
+        return
+    from .render import users_table
+
+    console().print(users_table(users))
+
+
+# ---------------------------------------------------------------- integrations
+
+
+def _expiry(value: Optional[str]):
+    from .. import validate
+
+    return None if value is None else validate.expiry(value)
+
+
+@integrations_app.command("add")
+def integrations_add(typer_ctx: typer.Context, 
+    email: Annotated[str, typer.Option(help="Owner's email.")],
+    platform: Annotated[str, typer.Option(help="meta or google.")],
+    account_id: Annotated[str, typer.Option(help="Meta: act_<digits> or <digits>; Google: 123-456-7890.")],
+    access_token: Annotated[Optional[str], typer.Option(help="Meta long-lived or system-user token.")] = None,
+    token_expires_at: Annotated[Optional[str], typer.Option(help="Meta token expiry, ISO-8601.")] = None,
+    refresh_token: Annotated[Optional[str], typer.Option(help="Google OAuth refresh token.")] = None,
+    login_customer_id: Annotated[Optional[str], typer.Option(help="Google manager (MCC) id, when reached through one.")] = None,
+) -> None:
+    """Add a Meta ad account or a Google Ads customer for a user.
+
+    Examples:
+      [bold]emsync integrations add --email anna@example.com --platform meta --account-id act_123456 --access-token EAAB...[/bold]
+      [bold]emsync integrations add --email anna@example.com --platform google --account-id 123-456-7890 --refresh-token 1//0g... --login-customer-id 111-222-3333[/bold]
+    """
+    from .. import store
+
+    ctx = state(typer_ctx)
+    expires = _expiry(token_expires_at)
+    box = ctx.box()
+    with ctx.transaction() as conn:
+        row = store.add_integration(
+            conn, box, email=email, platform=platform, account_id=account_id, access_token=access_token,
+            token_expires_at=expires, refresh_token=refresh_token, login_customer_id=login_customer_id,
+        )
+    from ..domain import account_label
+
+    print(f"Added {row['platform']} integration {row['id']} for {row['email']} ({account_label(row['platform'], row['account_id'])})")
+
+
+@integrations_app.command("list")
+def integrations_list(typer_ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """List integrations (never a token).
+
+    Example: [bold]emsync integrations list[/bold]
+    """
+    from .. import store
+    from .render import integrations_table
+    from ..report import integration_json
+
+    with state(typer_ctx).transaction(write=False) as conn:
+        rows = store.list_integrations(conn)
+    if json_out:
+        print_json([integration_json(r) for r in rows])
+        return
+    console().print(integrations_table(rows))
+
+
+@integrations_app.command("update")
+def integrations_update(typer_ctx: typer.Context, 
+    integration_id: Annotated[int, typer.Argument(metavar="ID", help="Integration id (see 'integrations list').")],
+    access_token: Annotated[Optional[str], typer.Option(help="New Meta token.")] = None,
+    token_expires_at: Annotated[Optional[str], typer.Option(help="Its expiry, ISO-8601.")] = None,
+    refresh_token: Annotated[Optional[str], typer.Option(help="New Google refresh token.")] = None,
+    login_customer_id: Annotated[Optional[str], typer.Option(help="Google manager (MCC) id.")] = None,
+) -> None:
+    """Replace credentials after a user reconnects; clears needs_reauth.
+
+    Example: [bold]emsync integrations update 3 --access-token EAAB... --token-expires-at 2027-01-28[/bold]
+    """
+    from .. import store, validate
+
+    ctx = state(typer_ctx)
+    validate.integration_id(integration_id)
+    expires = _expiry(token_expires_at)
+    box = ctx.box()
+    with ctx.transaction() as conn:
+        row = store.update_credentials(
+            conn, box, integration_id, access_token=access_token, token_expires_at=expires,
+            refresh_token=refresh_token, login_customer_id=login_customer_id,
+        )
+    print(f"Updated integration {row['id']} ({row['platform']}, {row['email']}); status {row['status']}")
+
+
+def _set_active(typer_ctx: typer.Context, integration_id: int, active: bool) -> None:
+    from .. import store, validate
+
+    validate.integration_id(integration_id)
+    with state(typer_ctx).transaction() as conn:
+        row = store.set_active(conn, integration_id, active)
+    print(f"Integration {row['id']} ({row['platform']}, {row['email']}) is {'enabled' if active else 'disabled'}")
+
+
+@integrations_app.command("disable")
+def integrations_disable(typer_ctx: typer.Context, integration_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Stop syncing an integration; its rows stay.
+
+    Example: [bold]emsync integrations disable 3[/bold]
+    """
+    _set_active(typer_ctx, integration_id, False)
+
+
+@integrations_app.command("enable")
+def integrations_enable(typer_ctx: typer.Context, integration_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Sync a disabled integration again.
+
+    Example: [bold]emsync integrations enable 3[/bold]
+    """
+    _set_active(typer_ctx, integration_id, True)
+
+
+@integrations_app.command("remove")
+def integrations_remove(typer_ctx: typer.Context, 
+    integration_id: Annotated[int, typer.Argument(metavar="ID")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete an integration and all its metric rows, in one transaction.
+
+    Example: [bold]emsync integrations remove 3 --yes[/bold]
+    """
+    from .. import store, validate
+
+    ctx = state(typer_ctx)
+    validate.integration_id(integration_id)
+    with ctx.transaction(write=False) as conn:
+        row = store.get_integration(conn, integration_id)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UserError("refusing to remove an integration without confirmation: pass --yes")
+        if not typer.confirm(f"Remove integration {row['id']} ({row['platform']}, {row['email']}) and all its rows?"):
+            raise UserError("not removed")
+    with ctx.transaction() as conn:
+        deleted = store.remove_integration(conn, integration_id)
+    print(f"Removed integration {integration_id} and {deleted} metric rows")
+
+

@@ -1,0 +1,103 @@
+"""The Typer application, its sub-apps, and the per-invocation state every command reaches through ``ctx.obj``."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Annotated, Iterator, Optional
+
+import typer
+
+app = typer.Typer(
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="Keep an advertising dashboard's database fresh with Meta Ads and Google Ads campaign metrics.",
+)
+users_app = typer.Typer(no_args_is_help=True, help="Manage users.")
+integrations_app = typer.Typer(no_args_is_help=True, help="Manage ad-account integrations.")
+app.add_typer(users_app, name="users")
+app.add_typer(integrations_app, name="integrations")
+
+
+class AppContext:
+    """Per-invocation state, built lazily so `--help` never touches a database."""
+
+    def __init__(self, verbose: bool, env_file: str | None):
+        self.verbose = verbose
+        self.env_file = env_file
+        self._settings = None
+        self._engine = None
+
+    @property
+    def settings(self):
+        if self._settings is None:
+            from ..config import load_settings
+
+            self._settings = load_settings(self.env_file)
+        return self._settings
+
+    def engine(self, *, check: bool = True, create: bool = False):
+        """The database engine; ``check`` refuses a missing or outdated schema (see ``db.check_schema``)."""
+        if self._engine is None:
+            from .. import db
+
+            self._engine = db.make_engine(self.settings.database_url, pool_size=self.settings.concurrency, create=create)
+            if check:
+                db.check_schema(self._engine, self.settings.database_url)
+        return self._engine
+
+    def box(self):
+        from ..crypto import TokenBox
+
+        return TokenBox(self.settings.require_secret_key())
+
+    @contextmanager
+    def transaction(self, write: bool = True) -> Iterator:
+        """A connection in a transaction; driver errors become one ``DatabaseError`` line that names the database."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from .. import db
+
+        try:
+            with (db.write_transaction(self.engine()) if write else self.engine().begin()) as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise db.explain(exc, self.settings.database_url) from None
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks.")] = False,
+    env_file: Annotated[
+        Optional[str], typer.Option("--env-file", envvar="EMSYNC_ENV_FILE", help="Read settings from this env file.")
+    ] = None,
+) -> None:
+    ctx.obj = AppContext(verbose, env_file)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def state(ctx: typer.Context) -> AppContext:
+    """The invocation's ``AppContext`` (set by the root callback on ``ctx.obj``)."""
+    return ctx.find_root().obj
+
+
+def print_json(obj) -> None:
+    from ..serialize import to_json
+
+    print(to_json(obj, indent=2))
+
+
+def console():
+    from rich.console import Console
+
+    # Not a terminal (cron mail, a pipe): wide enough that tables do not fold every cell.
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]

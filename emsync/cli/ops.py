@@ -1,0 +1,105 @@
+"""Operating commands: status, sandbox, serve, secret, demo."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UserError
+from .app import JsonOpt, app, console, print_json, state
+
+
+@app.command()
+def status(
+    typer_ctx: typer.Context,
+    json_out: JsonOpt = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 with a one-line reason when something needs attention.")] = False,
+) -> None:
+    """What was synced when, what failed and why, token expiry, recent runs.
+
+    Examples: [bold]emsync status[/bold]   [bold]emsync status --check[/bold]   [bold]emsync status --json[/bold]
+    """
+    from ..report import build_status, check_problems
+
+    ctx = state(typer_ctx)
+    with ctx.transaction(write=False) as conn:
+        report = build_status(conn, ctx.settings)
+    if check:
+        problems = check_problems(report, ctx.settings)
+        if problems:
+            print(f"CRITICAL: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+            raise typer.Exit(1)
+        print(f"OK: {len(report['integrations'])} integrations healthy")
+        return
+    if json_out:
+        print_json(report)
+        return
+    from .render import print_status
+
+    print_status(console(), report)
+
+
+@app.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 0,
+    scenario: Annotated[Optional[str], typer.Option(help="A JSON scenario file (accounts, campaigns, faults).")] = None,
+    latency_ms: Annotated[int, typer.Option(help="Added latency per request, milliseconds.")] = 0,
+) -> None:
+    """Run the bundled fake Meta and Google Ads APIs until Ctrl-C, and print the settings that point emsync at them.
+
+    Example: [bold]emsync sandbox --port 8700[/bold]
+    """
+    from ..sandbox.cli import serve_forever
+
+    serve_forever(port=port, scenario_file=scenario, latency_ms=latency_ms)
+
+
+@app.command()
+def serve(
+    typer_ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default; put a TLS proxy in front for anything else).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8787,
+) -> None:
+    """Serve the HTTP trigger: POST /api/cron/sync-all, POST /api/sync/user, GET /api/status, GET /api/runs/ID, GET /healthz.
+
+    Needs the server extra (pip install 'emsync[server]') and CRON_SECRET of at least 32 characters.
+
+    Example: [bold]emsync serve --port 8787[/bold]
+    """
+    try:
+        from ..server import check_secret, serve as run_server
+    except ImportError:
+        raise UserError("emsync serve needs the server extra: pip install 'emsync[server]'") from None
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be between 1 and 65535, got {port}")
+    ctx = state(typer_ctx)
+    check_secret(ctx.settings)
+    run_server(ctx.settings, ctx.engine(), host=host, port=port)
+
+
+@app.command()
+def secret() -> None:
+    """Print a new random secret, suitable for CRON_SECRET.
+
+    Example: [bold]echo "CRON_SECRET=$(emsync secret)" >> .env[/bold]
+    """
+    import secrets
+
+    print(secrets.token_urlsafe(48))
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep the temporary directory and print where it is.")] = False,
+) -> None:
+    """Sync sample integrations from the bundled sandbox into a throwaway SQLite database and show the status.
+
+    Touches no real API, no real database and no env file.
+
+    Example: [bold]emsync demo[/bold]
+    """
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep))
+
+

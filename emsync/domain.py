@@ -1,0 +1,156 @@
+"""The values a sync passes between the engine, the connectors and the store: plain data, no database or HTTP types.
+
+The path of one sync, in these names: the engine reads an ``IntegrationState``,
+decrypts its ``Credentials``, asks a ``Connector`` for ``AccountInfo`` (first
+sync only) and for the ``Fetched`` rows of a ``SyncWindow``, and the store
+replaces that window with them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class InsightRow:
+    """One campaign on one day. Natural key: (campaign_id, date).
+
+    ``spend`` and ``revenue`` are in the account's currency units (not micros);
+    ``conversions`` may be fractional (Google's attributed conversions).
+    """
+
+    campaign_id: str
+    date: date
+    campaign_name: str | None
+    spend: Decimal
+    impressions: int
+    clicks: int
+    conversions: Decimal
+    revenue: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    """What the platform says about an account: ISO 4217 currency, IANA time zone, display name."""
+
+    currency: str | None
+    time_zone: str | None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncWindow:
+    """The dates to fetch, both ends included, in the account's time zone; ``full`` when it is the whole lookback window."""
+
+    since: date
+    until: date
+    full: bool
+
+    @property
+    def days(self) -> int:
+        return (self.until - self.since).days + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What a connector read for a window.
+
+    ``complete`` is true when the platform itself said the answer was whole
+    (Meta: a paging chain that ended without ``next``; Google: the stream
+    ended): only then may the store delete rows the answer lacks.
+    ``warnings`` are shown on the integration without failing it.
+    """
+
+    rows: list[InsightRow]
+    complete: bool = True
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Credentials:
+    """An integration's tokens, decrypted for the duration of one sync.
+
+    The engine persists whatever a connector changes here (a renewed Meta
+    token, a cached Google access token) and sets ``changed``. Never printed:
+    see ``__repr__``.
+    """
+
+    access_token: str | None = None
+    token_expires_at: datetime | None = None
+    refresh_token: str | None = None
+    cached_access_token: str | None = None
+    cached_access_token_expires_at: datetime | None = None
+    changed: bool = field(default=False)
+
+    def __repr__(self) -> str:
+        return f"Credentials(token_expires_at={self.token_expires_at!r}, changed={self.changed})"
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self.access_token, self.refresh_token, self.cached_access_token) if s]
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Which account to read, and what is known about it (``login_customer_id``: Google manager account, 10 digits)."""
+
+    platform: str
+    account_id: str
+    login_customer_id: str | None = None
+    time_zone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrationState:
+    """One integration as the engine reads it before an attempt; tokens are still Fernet ciphertexts."""
+
+    id: int
+    platform: str
+    account_id: str
+    login_customer_id: str | None
+    is_active: bool
+    status: str
+    currency: str | None
+    time_zone: str | None
+    last_attempt_at: datetime | None
+    last_full_sync_at: datetime | None
+    token_expires_at: datetime | None
+    cached_access_token_expires_at: datetime | None
+    access_token_enc: str | None = field(default=None, repr=False)
+    refresh_token_enc: str | None = field(default=None, repr=False)
+    cached_access_token_enc: str | None = field(default=None, repr=False)
+
+    @property
+    def account(self) -> Account:
+        return Account(self.platform, self.account_id, self.login_customer_id, self.time_zone)
+
+    @property
+    def label(self) -> str:
+        return account_label(self.platform, self.account_id)
+
+
+class Connector(Protocol):
+    """What the engine asks of a platform. Connectors know their API, never the database.
+
+    Every method raises an ``errors.ApiError`` subclass saying what to do
+    next (retry later, re-authorise, rate-limited until, fatal).
+    """
+
+    platform: str
+
+    def prepare(self, creds: Credentials) -> None:
+        """Make the credentials usable (renew or refresh tokens), changing ``creds`` in place."""
+
+    def account_info(self, account: Account, creds: Credentials) -> AccountInfo:
+        """Currency, time zone and name of the account (one request; the engine stores the answer)."""
+
+    def fetch(self, account: Account, window: SyncWindow, creds: Credentials) -> Fetched:
+        """Every campaign's daily metrics for the window's dates."""
+
+
+def account_label(platform: str, account_id: str) -> str:
+    """How people write the id: act_123 for Meta, 123-456-7890 for Google."""
+    if platform == "meta":
+        return f"act_{account_id}"
+    return f"{account_id[:3]}-{account_id[3:6]}-{account_id[6:]}" if len(account_id) == 10 else account_id

@@ -1,0 +1,35 @@
+"""The one parser for numbers the APIs send: Meta's decimal strings ("12.34"), Google's int64 strings and doubles.
+
+Money and conversions stay exact (``Decimal``); nothing is read through
+``float``. A value that is not a finite number is the platform's fault and
+fails that integration with a ``FatalApiError`` naming what could not be read.
+"""
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from .errors import FatalApiError
+
+ZERO = Decimal(0)
+
+
+def api_decimal(value: object, source: str, what: str = "number") -> Decimal:
+    """``value`` (a JSON string or number) as an exact Decimal; None or "" is 0.
+
+    Raises:
+        FatalApiError: "{source} returned a {what} emsync cannot read: '...'".
+    """
+    if value is None or value == "":
+        return ZERO
+    try:
+        result = Decimal(value if isinstance(value, (str, int)) else str(value))
+    except (InvalidOperation, TypeError, ValueError):
+        result = None
+    if result is None or not result.is_finite():
+        raise FatalApiError(f"{source} returned a {what} emsync cannot read: {str(value)[:40]!r}")
+    return result
+
+
+def api_int(value: object, source: str, what: str = "count") -> int:
+    """A whole count (impressions, clicks) sent as a string or number; fractions are truncated as the APIs never send them."""
+    return int(api_decimal(value, source, what))
