@@ -10,6 +10,7 @@ one request per customer.
 
     python bench/peer_dlt.py SPEC.json     # run once, print one JSON line (used by sync_bench.py --peer dlt)
 """
+
 from __future__ import annotations
 
 import json
@@ -34,42 +35,55 @@ def build_source(spec: dict):
     since, until = spec["since"], spec["until"]
     resources = []
     for account in spec["meta_accounts"]:
-        resources.append({
-            "name": f"meta_{account}",
-            "table_name": "meta_insights",
-            "primary_key": ["account_id", "campaign_id", "date_start"],
-            "endpoint": {
-                "path": f"{VERSION_META}/act_{account}/insights",
-                "params": {"level": "campaign", "time_increment": "1", "limit": 500,
-                           # rest_api reads {...} in params as placeholders: literal braces are doubled
-                           "time_range": json.dumps({"since": since, "until": until}).replace("{", "{{").replace("}", "}}"),
-                           "fields": "account_id,campaign_id,campaign_name,spend,impressions,clicks,actions,action_values",
-                           "access_token": spec["meta_tokens"][account]},
-                "paginator": {"type": "json_link", "next_url_path": "paging.next"},
-                "data_selector": "data",
-            },
-        })
-    query = ("SELECT customer.id, campaign.id, campaign.name, segments.date, metrics.cost_micros, metrics.impressions, metrics.clicks, "
-             f"metrics.conversions, metrics.conversions_value FROM campaign WHERE segments.date BETWEEN '{since}' AND '{until}'")
+        resources.append(
+            {
+                "name": f"meta_{account}",
+                "table_name": "meta_insights",
+                "primary_key": ["account_id", "campaign_id", "date_start"],
+                "endpoint": {
+                    "path": f"{VERSION_META}/act_{account}/insights",
+                    "params": {
+                        "level": "campaign",
+                        "time_increment": "1",
+                        "limit": 500,
+                        # rest_api reads {...} in params as placeholders: literal braces are doubled
+                        "time_range": json.dumps({"since": since, "until": until}).replace("{", "{{").replace("}", "}}"),
+                        "fields": "account_id,campaign_id,campaign_name,spend,impressions,clicks,actions,action_values",
+                        "access_token": spec["meta_tokens"][account],
+                    },
+                    "paginator": {"type": "json_link", "next_url_path": "paging.next"},
+                    "data_selector": "data",
+                },
+            }
+        )
+    query = (
+        "SELECT customer.id, campaign.id, campaign.name, segments.date, metrics.cost_micros, metrics.impressions, metrics.clicks, "
+        f"metrics.conversions, metrics.conversions_value FROM campaign WHERE segments.date BETWEEN '{since}' AND '{until}'"
+    )
     for customer in spec["google_customers"]:
-        resources.append({
-            "name": f"google_{customer}",
-            "table_name": "google_campaigns",
-            "primary_key": ["customer__id", "campaign__id", "segments__date"],
-            "endpoint": {
-                "path": f"{VERSION_GOOGLE}/customers/{customer}/googleAds:searchStream",
-                "method": "POST",
-                "json": {"query": query},
-                "headers": {"Authorization": f"Bearer {spec['google_tokens'][customer]}"},
-                "paginator": "single_page",
-                "data_selector": "[*].results[*]",
-            },
-        })
-    return rest_api_source({
-        "client": {"base_url": spec["url"] + "/"},
-        "resource_defaults": {"write_disposition": "merge", "parallelized": True},
-        "resources": resources,
-    }, name="ads")
+        resources.append(
+            {
+                "name": f"google_{customer}",
+                "table_name": "google_campaigns",
+                "primary_key": ["customer__id", "campaign__id", "segments__date"],
+                "endpoint": {
+                    "path": f"{VERSION_GOOGLE}/customers/{customer}/googleAds:searchStream",
+                    "method": "POST",
+                    "json": {"query": query},
+                    "headers": {"Authorization": f"Bearer {spec['google_tokens'][customer]}"},
+                    "paginator": "single_page",
+                    "data_selector": "[*].results[*]",
+                },
+            }
+        )
+    return rest_api_source(
+        {
+            "client": {"base_url": spec["url"] + "/"},
+            "resource_defaults": {"write_disposition": "merge", "parallelized": True},
+            "resources": resources,
+        },
+        name="ads",
+    )
 
 
 def run_once(spec: dict) -> dict:
@@ -77,8 +91,12 @@ def run_once(spec: dict) -> dict:
 
     os.environ["EXTRACT__WORKERS"] = str(spec["concurrency"])
     os.environ["RUNTIME__LOG_LEVEL"] = "WARNING"
-    pipeline = dlt.pipeline(pipeline_name="ads_peer", destination=dlt.destinations.sqlalchemy(f"sqlite:///{spec['db']}"),
-                            dataset_name="ads", pipelines_dir=spec["pipelines_dir"])
+    pipeline = dlt.pipeline(
+        pipeline_name="ads_peer",
+        destination=dlt.destinations.sqlalchemy(f"sqlite:///{spec['db']}"),
+        dataset_name="ads",
+        pipelines_dir=spec["pipelines_dir"],
+    )
     started = time.perf_counter()
     error = None
     try:
@@ -107,16 +125,29 @@ def measured(spec: dict) -> dict:
     os.unlink(fh.name)
     wall = time.perf_counter() - started
     inner = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {"error": "no output"}
-    return {"wall_s": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "error": inner.get("error"), "exit": os.waitstatus_to_exitcode(status), "timed_out": wall_exceeded}
+    return {
+        "wall_s": round(wall, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "error": inner.get("error"),
+        "exit": os.waitstatus_to_exitcode(status),
+        "timed_out": wall_exceeded,
+    }
 
 
 def _tokens(url: str, customers: list[str], env: dict) -> dict:
     out = {}
     for customer in customers:
-        body = requests.post(f"{url}/token", data={"grant_type": "refresh_token", "client_id": env["GOOGLE_OAUTH_CLIENT_ID"],
-                                                    "client_secret": env["GOOGLE_OAUTH_CLIENT_SECRET"], "refresh_token": f"1//bench{customer}"},
-                             timeout=30).json()
+        body = requests.post(
+            f"{url}/token",
+            data={
+                "grant_type": "refresh_token",
+                "client_id": env["GOOGLE_OAUTH_CLIENT_ID"],
+                "client_secret": env["GOOGLE_OAUTH_CLIENT_SECRET"],
+                "refresh_token": f"1//bench{customer}",
+            },
+            timeout=30,
+        ).json()
         out[customer] = body["access_token"]
     return out
 
@@ -130,9 +161,13 @@ def _rows(db: Path) -> dict:
     overlap = None
     if "meta_insights__actions" in tables:
         # what a dashboard summing the loaded purchase actions gets, against the priority-list answer
-        summed = conn.execute("select coalesce(sum(cast(value as real)),0) from meta_insights__actions where action_type in "
-                              "('omni_purchase','purchase','offsite_conversion.fb_pixel_purchase')").fetchone()[0]
-        first = conn.execute("select coalesce(sum(cast(value as real)),0) from meta_insights__actions where action_type='omni_purchase'").fetchone()[0]
+        summed = conn.execute(
+            "select coalesce(sum(cast(value as real)),0) from meta_insights__actions where action_type in "
+            "('omni_purchase','purchase','offsite_conversion.fb_pixel_purchase')"
+        ).fetchone()[0]
+        first = conn.execute(
+            "select coalesce(sum(cast(value as real)),0) from meta_insights__actions where action_type='omni_purchase'"
+        ).fetchone()[0]
         overlap = {"summed_purchase_actions": summed, "omni_purchase_only": first}
     conn.close()
     return {"tables": counts, "purchase_actions": overlap}
@@ -149,10 +184,18 @@ def compare(scenario: str, n: int, campaigns: int, concurrency: int, latency_ms:
         sandbox, url, env = bench.start_sandbox(tmp, n, latency_ms)
         try:
             today = date.today()
-            spec = {"url": url, "meta_accounts": meta, "google_customers": google, "concurrency": concurrency,
-                    "since": str(today - timedelta(days=29)), "until": str(today), "db": str(tmp / "peer.db"),
-                    "pipelines_dir": str(tmp / "pipelines"), "meta_tokens": {a: f"EAABbench{a}" for a in meta},
-                    "google_tokens": _tokens(url, google, env)}
+            spec = {
+                "url": url,
+                "meta_accounts": meta,
+                "google_customers": google,
+                "concurrency": concurrency,
+                "since": str(today - timedelta(days=29)),
+                "until": str(today),
+                "db": str(tmp / "peer.db"),
+                "pipelines_dir": str(tmp / "pipelines"),
+                "meta_tokens": {a: f"EAABbench{a}" for a in meta},
+                "google_tokens": _tokens(url, google, env),
+            }
             requests.post(f"{url}/__sandbox/reset", timeout=30)
             full = measured(spec)
             full_requests = len(bench.request_log(url))
@@ -165,8 +208,11 @@ def compare(scenario: str, n: int, campaigns: int, concurrency: int, latency_ms:
             sandbox.wait(timeout=30)
     peer_rows = sum(v for k, v in loaded["tables"].items() if k in ("meta_insights", "google_campaigns"))
     result = {
-        "full": {**full, "requests": full_requests}, "rerun": {**rerun, "requests": rerun_requests},
-        "rows_loaded": peer_rows, "tables": loaded["tables"], "purchase_actions": loaded["purchase_actions"],
+        "full": {**full, "requests": full_requests},
+        "rerun": {**rerun, "requests": rerun_requests},
+        "rows_loaded": peer_rows,
+        "tables": loaded["tables"],
+        "purchase_actions": loaded["purchase_actions"],
     }
     if scenario != "steady":
         result["emsync_full_vs_peer"] = round(emsync["wall_s"] / full["wall_s"], 3)

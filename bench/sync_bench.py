@@ -12,6 +12,7 @@ runs). Two lower bounds are measured in the same invocation:
 
 ratio = wall / max(network bound, write bound).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
@@ -67,8 +68,12 @@ def start_sandbox(tmp: Path, n: int, latency_ms: int) -> tuple[subprocess.Popen,
     scenario_file = tmp / "scenario.json"
     scenario_file.write_text(json.dumps(scenario))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "emsync", "sandbox", "--port", str(port), "--scenario", str(scenario_file),
-                             "--latency-ms", str(latency_ms)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emsync", "sandbox", "--port", str(port), "--scenario", str(scenario_file), "--latency-ms", str(latency_ms)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     env = {}
     for line in proc.stdout:
         if line.startswith("export "):
@@ -124,14 +129,20 @@ def populate(db_url: str, key: str, n: int) -> None:
 def run_sync(env: dict, extra: list[str]) -> dict:
     """Run `emsync sync-all` as a child; wall time, its own peak RSS and CPU from wait4."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "emsync", "sync-all", "--json", *extra], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emsync", "sync-all", "--json", *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     report = json.loads(out)
-    return {"wall_s": wall, "exit": os.waitstatus_to_exitcode(status), "peak_rss_mb": usage.ru_maxrss / 1024,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "report": report}
+    return {
+        "wall_s": wall,
+        "exit": os.waitstatus_to_exitcode(status),
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "report": report,
+    }
 
 
 def write_bound(db_url: str, tmp: Path, kind: str, run_report: dict) -> float:
@@ -158,11 +169,16 @@ def write_bound(db_url: str, tmp: Path, kind: str, run_report: dict) -> float:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     meta = MetaData()
     table = Table(
-        "bound_metrics", meta,
-        Column("integration_id", Integer, primary_key=True), Column("campaign_id", String(64), primary_key=True),
-        Column("date", Date, primary_key=True), Column("campaign_name", String(500)),
+        "bound_metrics",
+        meta,
+        Column("integration_id", Integer, primary_key=True),
+        Column("campaign_id", String(64), primary_key=True),
+        Column("date", Date, primary_key=True),
+        Column("campaign_name", String(500)),
         *[Column(c, Numeric(18, 6)) for c in ("spend", "conversions", "revenue", "ctr", "cpc", "roas")],
-        Column("impressions", BigInteger), Column("clicks", BigInteger), Column("currency", String(8)),
+        Column("impressions", BigInteger),
+        Column("clicks", BigInteger),
+        Column("currency", String(8)),
         Column("synced_at", DateTime(timezone=True)),
     )
     meta.drop_all(target)
@@ -173,7 +189,9 @@ def write_bound(db_url: str, tmp: Path, kind: str, run_report: dict) -> float:
         from sqlalchemy.dialects.postgresql import insert
     stmt = insert(table)
     keys = ("integration_id", "campaign_id", "date")
-    upsert = stmt.on_conflict_do_update(index_elements=list(keys), set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys})
+    upsert = stmt.on_conflict_do_update(
+        index_elements=list(keys), set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+    )
     started = time.perf_counter()
     for rows in by_integration.values():
         with target.begin() as conn:
@@ -201,8 +219,16 @@ def measure(scenario: str, db_kind: str, concurrency: int, latency_ms: int, inte
             populate(db_url, key, n)
             env = {k: v for k, v in os.environ.items() if not k.startswith(("EMSYNC_", "META_", "GOOGLE_"))}
             env.update(sandbox_env)
-            env.update({"EMSYNC_DATABASE_URL": db_url, "EMSYNC_SECRET_KEY": key, "EMSYNC_CONCURRENCY": str(concurrency),
-                        "HOME": str(tmp), "XDG_CONFIG_HOME": str(tmp / "cfg"), "EMSYNC_HTTP_TIMEOUT": "120"})
+            env.update(
+                {
+                    "EMSYNC_DATABASE_URL": db_url,
+                    "EMSYNC_SECRET_KEY": key,
+                    "EMSYNC_CONCURRENCY": str(concurrency),
+                    "HOME": str(tmp),
+                    "XDG_CONFIG_HOME": str(tmp / "cfg"),
+                    "EMSYNC_HTTP_TIMEOUT": "120",
+                }
+            )
             full = None
             if scenario == "steady":
                 full = run_sync(env, [])
@@ -222,19 +248,34 @@ def measure(scenario: str, db_kind: str, concurrency: int, latency_ms: int, inte
     meta_ids, google_ids = accounts(n)
     bound_network = len(log) * latency_ms / 1000 / concurrency
     out = {
-        "scenario": scenario, "db": db_kind, "integrations": n, "campaigns": CAMPAIGNS, "concurrency": concurrency,
-        "latency_ms": latency_ms, "wall_s": round(result["wall_s"], 3), "network_bound_s": round(bound_network, 3),
-        "write_bound_s": round(bound_write, 3), "ratio": round(result["wall_s"] / max(bound_network, bound_write), 3),
-        "rows": rows, "rows_per_s": round(rows / result["wall_s"], 1), "requests": len(log),
-        "requests_per_integration": round(len(log) / n, 3), "requests_by_kind": per_kind,
+        "scenario": scenario,
+        "db": db_kind,
+        "integrations": n,
+        "campaigns": CAMPAIGNS,
+        "concurrency": concurrency,
+        "latency_ms": latency_ms,
+        "wall_s": round(result["wall_s"], 3),
+        "network_bound_s": round(bound_network, 3),
+        "write_bound_s": round(bound_write, 3),
+        "ratio": round(result["wall_s"] / max(bound_network, bound_write), 3),
+        "rows": rows,
+        "rows_per_s": round(rows / result["wall_s"], 1),
+        "requests": len(log),
+        "requests_per_integration": round(len(log) / n, 3),
+        "requests_by_kind": per_kind,
         "google_search_streams_per_customer": round(per_kind.get("google.search_stream", 0) / len(google_ids), 3),
         "meta_insights_calls": per_kind.get("meta.insights", 0),
-        "peak_rss_mb": round(result["peak_rss_mb"], 1), "cpu_s": round(result["cpu_s"], 2), "exit": result["exit"],
-        "succeeded": report["succeeded"], "failed": report["failed"],
-        "machine": machine(), "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "peak_rss_mb": round(result["peak_rss_mb"], 1),
+        "cpu_s": round(result["cpu_s"], 2),
+        "exit": result["exit"],
+        "succeeded": report["succeeded"],
+        "failed": report["failed"],
+        "machine": machine(),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if full is not None:
         out["full_run_wall_s"] = round(full["wall_s"], 3)
+        out["full_run_rows"] = full["report"]["rows"]
         out["steady_over_full"] = round(result["wall_s"] / full["wall_s"], 3)
     return out
 
@@ -243,9 +284,11 @@ def markdown(rows: list[dict]) -> str:
     head = "| scenario | db | conc. | integrations | rows | requests | wall s | network bound s | write bound s | ratio | rows/s | peak RSS MB | CPU s |"
     lines = [head, "|" + "---|" * head.count("|")[:-1] if False else "|---" * 13 + "|"]
     for r in rows:
-        lines.append(f"| {r['scenario']} | {r['db']} | {r['concurrency']} | {r['integrations']} | {r['rows']} | {r['requests']} | "
-                     f"{r['wall_s']} | {r['network_bound_s']} | {r['write_bound_s']} | {r['ratio']} | {r['rows_per_s']} | "
-                     f"{r['peak_rss_mb']} | {r['cpu_s']} |")
+        lines.append(
+            f"| {r['scenario']} | {r['db']} | {r['concurrency']} | {r['integrations']} | {r['rows']} | {r['requests']} | "
+            f"{r['wall_s']} | {r['network_bound_s']} | {r['write_bound_s']} | {r['ratio']} | {r['rows_per_s']} | "
+            f"{r['peak_rss_mb']} | {r['cpu_s']} |"
+        )
     return "\n".join(lines)
 
 
@@ -270,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         result["peer"] = compare(args.scenario, SCENARIOS[args.scenario], CAMPAIGNS, args.concurrency, args.latency_ms, result)
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         name = f"{args.scenario}-{args.db}-c{args.concurrency}-l{args.latency_ms}{'-dlt' if args.peer else ''}-{stamp}.json"
         (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
     print(markdown([result]))

@@ -4,11 +4,12 @@ Functions take a connection inside a write transaction the caller owns
 (``db.write_transaction``), so one integration's rows, its status and its
 attempt record commit together or not at all.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Iterable
 
 from sqlalchemy import delete, func, select
 
@@ -41,8 +42,22 @@ def derived_metrics(spend: Decimal, impressions: int, clicks: int, revenue: Deci
     }
 
 
-_METRIC_COLUMNS = ("integration_id", "campaign_id", "date", "campaign_name", "spend", "impressions", "clicks", "conversions",
-                   "revenue", "ctr", "cpc", "roas", "currency", "synced_at")
+_METRIC_COLUMNS = (
+    "integration_id",
+    "campaign_id",
+    "date",
+    "campaign_name",
+    "spend",
+    "impressions",
+    "clicks",
+    "conversions",
+    "revenue",
+    "ctr",
+    "cpc",
+    "roas",
+    "currency",
+    "synced_at",
+)
 _KEY = ("integration_id", "campaign_id", "date")
 
 
@@ -50,8 +65,10 @@ def _upsert_sql(conn) -> str:
     """The dialect upsert (SQLite >= 3.24 and PostgreSQL share the ON CONFLICT syntax), in the driver's paramstyle."""
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     updates = ", ".join(f"{c} = excluded.{c}" for c in _METRIC_COLUMNS if c not in _KEY)
-    return (f"INSERT INTO campaign_metrics ({', '.join(_METRIC_COLUMNS)}) VALUES ({', '.join([mark] * len(_METRIC_COLUMNS))}) "
-            f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {updates}")
+    return (
+        f"INSERT INTO campaign_metrics ({', '.join(_METRIC_COLUMNS)}) VALUES ({', '.join([mark] * len(_METRIC_COLUMNS))}) "
+        f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {updates}"
+    )
 
 
 def _driver_rows(conn, integration_id: int, rows: Iterable[InsightRow], currency: str | None, synced_at: datetime) -> list[tuple]:
@@ -68,13 +85,15 @@ def _driver_rows(conn, integration_id: int, rows: Iterable[InsightRow], currency
     stamp_proc = None if native else metrics_t.c.synced_at.type.dialect_impl(dialect).bind_processor(dialect)
     stamp = stamp_proc(synced_at) if stamp_proc else synced_at
     dates: dict = {}
-    out = []
+    out: list[tuple] = []
     append = out.append
     for row in rows:
         spend, conversions, revenue = _q(row.spend), _q(row.conversions), _q(row.revenue)
         for name, value in (("spend", spend), ("conversions", conversions), ("revenue", revenue)):
             if abs(value) >= NUMERIC_LIMIT:
-                raise FatalApiError(f"campaign {row.campaign_id} on {row.date}: {name} {value} is beyond what emsync stores (NUMERIC(18,6))")
+                raise FatalApiError(
+                    f"campaign {row.campaign_id} on {row.date}: {name} {value} is beyond what emsync stores (NUMERIC(18,6))"
+                )
         ctr = _ratio(Decimal(row.clicks) * 100, Decimal(row.impressions)) if row.impressions else None
         cpc = _ratio(spend, Decimal(row.clicks)) if row.clicks else None
         roas = _ratio(revenue, spend) if spend else None
@@ -82,12 +101,43 @@ def _driver_rows(conn, integration_id: int, rows: Iterable[InsightRow], currency
         if day is None:
             day = dates[row.date] = date_proc(row.date) if date_proc else row.date
         if native:
-            append((integration_id, row.campaign_id, day, row.campaign_name, spend, row.impressions, row.clicks,
-                    conversions, revenue, ctr, cpc, roas, currency, stamp))
+            append(
+                (
+                    integration_id,
+                    row.campaign_id,
+                    day,
+                    row.campaign_name,
+                    spend,
+                    row.impressions,
+                    row.clicks,
+                    conversions,
+                    revenue,
+                    ctr,
+                    cpc,
+                    roas,
+                    currency,
+                    stamp,
+                )
+            )
         else:
-            append((integration_id, row.campaign_id, day, row.campaign_name, float(spend), row.impressions, row.clicks,
-                    float(conversions), float(revenue), None if ctr is None else float(ctr),
-                    None if cpc is None else float(cpc), None if roas is None else float(roas), currency, stamp))
+            append(
+                (
+                    integration_id,
+                    row.campaign_id,
+                    day,
+                    row.campaign_name,
+                    float(spend),
+                    row.impressions,
+                    row.clicks,
+                    float(conversions),
+                    float(revenue),
+                    None if ctr is None else float(ctr),
+                    None if cpc is None else float(cpc),
+                    None if roas is None else float(roas),
+                    currency,
+                    stamp,
+                )
+            )
     return out
 
 
@@ -125,9 +175,5 @@ def metric_rows(conn, integration_id: int) -> list[dict]:
 
 def rows_since(conn, since: date) -> dict[int, int]:
     """Rows per integration dated ``since`` or later (the status table's "rows in window")."""
-    query = (
-        select(metrics_t.c.integration_id, func.count())
-        .where(metrics_t.c.date >= since)
-        .group_by(metrics_t.c.integration_id)
-    )
+    query = select(metrics_t.c.integration_id, func.count()).where(metrics_t.c.date >= since).group_by(metrics_t.c.integration_id)
     return {i: n for i, n in conn.execute(query)}

@@ -5,14 +5,15 @@ clock as an argument, so tests can simulate a day (``ManualClock``) without
 sleeping. Code without a clock of its own uses ``utcnow()``, the system clock.
 All values are timezone-aware UTC datetimes.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 
 def utcnow() -> datetime:
     """The system clock: an aware UTC datetime."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Clock:
@@ -31,7 +32,7 @@ class ManualClock(Clock):
     def __init__(self, start: datetime):
         if start.tzinfo is None:
             raise ValueError("ManualClock needs a timezone-aware start")
-        self._now = start.astimezone(timezone.utc)
+        self._now = start.astimezone(UTC)
 
     def now(self) -> datetime:
         return self._now
@@ -42,7 +43,7 @@ class ManualClock(Clock):
         return self._now
 
     def set(self, moment: datetime) -> None:
-        self._now = moment.astimezone(timezone.utc)
+        self._now = moment.astimezone(UTC)
 
 
 SYSTEM_CLOCK = Clock()

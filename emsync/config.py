@@ -6,6 +6,7 @@ directory), then the per-user file ``$XDG_CONFIG_HOME/emsync/emsync.env``
 that ``emsync init`` writes when no other env file exists, so that cron finds
 the secret key whatever its working directory.
 """
+
 from __future__ import annotations
 
 import os
@@ -81,8 +82,7 @@ class Settings:
     def require_secret_key(self) -> str:
         if not self.secret_key:
             raise ConfigError(
-                "EMSYNC_SECRET_KEY is not set: run 'emsync init' to generate one, "
-                "or set it in the environment or the env file"
+                "EMSYNC_SECRET_KEY is not set: run 'emsync init' to generate one, or set it in the environment or the env file"
             )
         return self.secret_key
 

@@ -1,4 +1,5 @@
 """Token encryption at rest (Fernet: AES-128-CBC + HMAC-SHA256, with a timestamp)."""
+
 from __future__ import annotations
 
 from .errors import ConfigError
@@ -37,6 +38,4 @@ class TokenBox:
         try:
             return self._fernet.decrypt(blob.encode()).decode()
         except InvalidToken:
-            raise ConfigError(
-                "EMSYNC_SECRET_KEY cannot decrypt the stored tokens: it is not the key they were stored with"
-            ) from None
+            raise ConfigError("EMSYNC_SECRET_KEY cannot decrypt the stored tokens: it is not the key they were stored with") from None

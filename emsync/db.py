@@ -1,4 +1,5 @@
 """Database engines and the schema version: connect, migrate, refuse an old schema."""
+
 from __future__ import annotations
 
 import threading
@@ -11,7 +12,7 @@ from .errors import DatabaseError
 # Every migration this code knows, oldest first; the last is what the code needs.
 REVISIONS = ("0001",)
 HEAD = REVISIONS[-1]
-_WRITE_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # SQLite engine -> this process's writer queue
+_WRITE_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SQLite engine -> this process's writer queue
 
 
 def describe_url(url: str) -> str:
@@ -51,7 +52,9 @@ def make_engine(url: str, *, pool_size: int = 8, create: bool = False):
                     raise DatabaseError(f"no database at {describe_url(url)}: run 'emsync init' first")
                 path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise DatabaseError(f"EMSYNC_DATABASE_URL names a SQLite file emsync cannot use ({describe_url(url)}): {exc.strerror}") from None
+            raise DatabaseError(
+                f"EMSYNC_DATABASE_URL names a SQLite file emsync cannot use ({describe_url(url)}): {exc.strerror}"
+            ) from None
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},

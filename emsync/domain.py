@@ -5,6 +5,7 @@ decrypts its ``Credentials``, asks a ``Connector`` for ``AccountInfo`` (first
 sync only) and for the ``Fetched`` rows of a ``SyncWindow``, and the store
 replaces that window with them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -5,6 +5,7 @@
 * ``ApiError`` and its children: a platform answered badly during a sync; the
   engine records it on the integration and moves on to the next one.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -58,9 +59,7 @@ class RetryableError(ApiError):
     attempts run out.
     """
 
-    def __init__(
-        self, message: str, *, wait: float | None = None, rate_limit: bool = False, request_id: str | None = None
-    ):
+    def __init__(self, message: str, *, wait: float | None = None, rate_limit: bool = False, request_id: str | None = None):
         super().__init__(message, request_id=request_id)
         self.wait = wait
         self.rate_limit = rate_limit

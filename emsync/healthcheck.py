@@ -2,6 +2,7 @@
 
 A ping that fails is logged and ignored: monitoring must never break the sync.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,9 @@ class Healthcheck:
         try:
             requests.post(self.url + suffix, data=body.encode()[:10000], timeout=PING_TIMEOUT)
         except requests.RequestException as exc:
-            log.warning("healthcheck ping %s failed: %s", suffix or "/", redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            log.warning(
+                "healthcheck ping %s failed: %s", suffix or "/", redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            )
 
     def start(self) -> None:
         self._ping("/start")

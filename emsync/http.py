@@ -6,13 +6,15 @@ the ``errors`` classes; ``send`` retries ``RetryableError`` with tenacity
 (waiting what the server asked for, else exponential backoff with jitter) and
 lets every other error through at once.
 """
+
 from __future__ import annotations
 
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import ApiError, RateLimited, RetryableError
@@ -65,15 +67,20 @@ class HttpClient:
         backoff = wait_exponential_jitter(initial=1, max=max(self.max_wait, 1), jitter=1)
 
         def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception()
+            exc = state.outcome.exception() if state.outcome else None
             asked = getattr(exc, "wait", None)
             return min(asked, self.max_wait) if asked is not None else min(backoff(state), self.max_wait)
 
         def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception()
+            exc = state.outcome.exception() if state.outcome else None
             log.warning(
                 "retrying %s %s in %.1fs (attempt %d of %d): %s",
-                method, redact(_short(url)), state.upcoming_sleep, state.attempt_number + 1, self.attempts, redact(str(exc)),
+                method,
+                redact(_short(url)),
+                state.upcoming_sleep,
+                state.attempt_number + 1,
+                self.attempts,
+                redact(str(exc)),
             )
 
         retrying = Retrying(
@@ -115,9 +122,7 @@ def parse_json(response) -> Any:
     try:
         return response.json()
     except ValueError:
-        raise RetryableError(
-            f"HTTP {response.status_code} with a body that is not complete JSON ({len(response.content)} bytes)"
-        ) from None
+        raise RetryableError(f"HTTP {response.status_code} with a body that is not complete JSON ({len(response.content)} bytes)") from None
 
 
 def _host(url: str) -> str:

@@ -1,4 +1,5 @@
 """Generating the token-encryption key on first `emsync init`."""
+
 from __future__ import annotations
 
 import os

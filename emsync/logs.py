@@ -1,10 +1,11 @@
 """Logging: plain timestamped lines or one JSON object per line, optional rotated file, always redacted."""
+
 from __future__ import annotations
 
 import json
 import logging
 import logging.handlers
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .http import RedactingFilter
 
@@ -15,7 +16,7 @@ LOG_FILE_BACKUPS = 5
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "message": record.getMessage(),
         }
@@ -49,7 +50,9 @@ def configure(*, log_format: str, log_file: str | None, console: logging.Handler
         from .errors import ConfigError
 
         try:
-            file_handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8")
+            file_handler = logging.handlers.RotatingFileHandler(
+                log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8"
+            )
         except OSError as exc:
             raise ConfigError(f"EMSYNC_LOG_FILE: cannot open {log_file}: {exc.strerror}") from None
         file_handler.setFormatter(formatter(log_format))

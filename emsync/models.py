@@ -4,15 +4,15 @@ Timestamps are timezone-aware UTC (``timestamptz`` on PostgreSQL, ISO text on
 SQLite). Money and conversions are NUMERIC(18, 6): exact on PostgreSQL,
 and rounded to six places when read back from SQLite.
 """
+
 from __future__ import annotations
 
 import warnings
 from datetime import date as Date
 from datetime import datetime
 from decimal import Decimal
-from typing import Optional
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, UniqueConstraint
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, Table, UniqueConstraint
 from sqlalchemy import exc as sa_exc
 from sqlmodel import Field, SQLModel
 
@@ -29,9 +29,9 @@ STATUSES = ("never_synced", "ok", "error", "needs_reauth", "rate_limited")
 class User(SQLModel, table=True):
     __tablename__ = "users"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=320, sa_column_kwargs={"unique": True}, nullable=False)
-    name: Optional[str] = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(default_factory=utcnow, nullable=False)
 
 
@@ -39,29 +39,29 @@ class Integration(SQLModel, table=True):
     __tablename__ = "integrations"
     __table_args__ = (UniqueConstraint("user_id", "platform", "account_id", name="uq_integrations_user_platform_account"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(sa_column=Column(Integer, ForeignKey("users.id"), nullable=False, index=True))
     platform: str = Field(max_length=16, nullable=False)
     account_id: str = Field(max_length=32, nullable=False)
-    login_customer_id: Optional[str] = Field(default=None, max_length=32)
-    account_name: Optional[str] = Field(default=None, max_length=300)
+    login_customer_id: str | None = Field(default=None, max_length=32)
+    account_name: str | None = Field(default=None, max_length=300)
     is_active: bool = Field(default=True, nullable=False)
     status: str = Field(default="never_synced", max_length=16, nullable=False)
-    last_synced_at: Optional[datetime] = None
-    last_full_sync_at: Optional[datetime] = None
-    last_attempt_at: Optional[datetime] = None
-    last_error: Optional[str] = None
-    rate_limited_until: Optional[datetime] = None
-    token_expires_at: Optional[datetime] = None
-    currency: Optional[str] = Field(default=None, max_length=8)
-    time_zone: Optional[str] = Field(default=None, max_length=64)
+    last_synced_at: datetime | None = None
+    last_full_sync_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    last_error: str | None = None
+    rate_limited_until: datetime | None = None
+    token_expires_at: datetime | None = None
+    currency: str | None = Field(default=None, max_length=8)
+    time_zone: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, nullable=False)
     # Fernet ciphertexts; never clear text.
-    access_token_enc: Optional[str] = Field(default=None, repr=False)
-    refresh_token_enc: Optional[str] = Field(default=None, repr=False)
-    cached_access_token_enc: Optional[str] = Field(default=None, repr=False)
-    cached_access_token_expires_at: Optional[datetime] = None
+    access_token_enc: str | None = Field(default=None, repr=False)
+    refresh_token_enc: str | None = Field(default=None, repr=False)
+    cached_access_token_enc: str | None = Field(default=None, repr=False)
+    cached_access_token_expires_at: datetime | None = None
 
 
 class CampaignMetric(SQLModel, table=True):
@@ -71,31 +71,31 @@ class CampaignMetric(SQLModel, table=True):
     integration_id: int = Field(sa_column=Column(Integer, ForeignKey("integrations.id"), primary_key=True))
     campaign_id: str = Field(primary_key=True, max_length=64)
     date: Date = Field(primary_key=True)
-    campaign_name: Optional[str] = Field(default=None, max_length=500)
+    campaign_name: str | None = Field(default=None, max_length=500)
     spend: Decimal = Field(default=Decimal(0), max_digits=18, decimal_places=6, nullable=False)
     impressions: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     clicks: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     conversions: Decimal = Field(default=Decimal(0), max_digits=18, decimal_places=6, nullable=False)
     revenue: Decimal = Field(default=Decimal(0), max_digits=18, decimal_places=6, nullable=False)
-    ctr: Optional[Decimal] = Field(default=None, max_digits=18, decimal_places=6)
-    cpc: Optional[Decimal] = Field(default=None, max_digits=18, decimal_places=6)
-    roas: Optional[Decimal] = Field(default=None, max_digits=18, decimal_places=6)
-    currency: Optional[str] = Field(default=None, max_length=8)
+    ctr: Decimal | None = Field(default=None, max_digits=18, decimal_places=6)
+    cpc: Decimal | None = Field(default=None, max_digits=18, decimal_places=6)
+    roas: Decimal | None = Field(default=None, max_digits=18, decimal_places=6)
+    currency: str | None = Field(default=None, max_length=8)
     synced_at: datetime = Field(default_factory=utcnow, nullable=False)
 
 
 class SyncRun(SQLModel, table=True):
     __tablename__ = "sync_runs"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     trigger: str = Field(max_length=16, nullable=False)  # cron | manual | user | server | demo
     host: str = Field(max_length=255, nullable=False)
     pid: int = Field(nullable=False)
-    scope: Optional[str] = Field(default=None, max_length=400)  # e.g. "user anna@example.com, platform meta"
+    scope: str | None = Field(default=None, max_length=400)  # e.g. "user anna@example.com, platform meta"
     full_window: bool = Field(default=False, nullable=False)
     started_at: datetime = Field(default_factory=utcnow, nullable=False, index=True)
     heartbeat_at: datetime = Field(default_factory=utcnow, nullable=False)
-    finished_at: Optional[datetime] = None
+    finished_at: datetime | None = None
     status: str = Field(default="running", max_length=16, nullable=False)  # running | ok | failed | died
     integrations_total: int = Field(default=0, nullable=False)
     succeeded: int = Field(default=0, nullable=False)
@@ -108,24 +108,24 @@ class SyncAttempt(SQLModel, table=True):
     __tablename__ = "sync_attempts"
     __table_args__ = (Index("ix_sync_attempts_integration_finished", "integration_id", "finished_at"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(sa_column=Column(Integer, ForeignKey("sync_runs.id"), nullable=False, index=True))
     integration_id: int = Field(sa_column=Column(Integer, ForeignKey("integrations.id"), nullable=False))
-    window_start: Optional[Date] = None
-    window_end: Optional[Date] = None
+    window_start: Date | None = None
+    window_end: Date | None = None
     full_window: bool = Field(default=False, nullable=False)
     started_at: datetime = Field(default_factory=utcnow, nullable=False)
-    finished_at: Optional[datetime] = None
+    finished_at: datetime | None = None
     status: str = Field(max_length=16, nullable=False)
     rows: int = Field(default=0, nullable=False)
     api_requests: int = Field(default=0, nullable=False)
     duration_s: float = Field(default=0.0, nullable=False)
-    error: Optional[str] = None
+    error: str | None = None
 
 
 # SQLAlchemy Core handles for the data-access modules (store, campaign_rows, runs).
-users_t = User.__table__
-integrations_t = Integration.__table__
-metrics_t = CampaignMetric.__table__
-runs_t = SyncRun.__table__
-attempts_t = SyncAttempt.__table__
+users_t: Table = User.__table__  # type: ignore[attr-defined]
+integrations_t: Table = Integration.__table__  # type: ignore[attr-defined]
+metrics_t: Table = CampaignMetric.__table__  # type: ignore[attr-defined]
+runs_t: Table = SyncRun.__table__  # type: ignore[attr-defined]
+attempts_t: Table = SyncAttempt.__table__  # type: ignore[attr-defined]

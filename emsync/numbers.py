@@ -4,6 +4,7 @@ Money and conversions stay exact (``Decimal``); nothing is read through
 ``float``. A value that is not a finite number is the platform's fault and
 fails that integration with a ``FatalApiError`` naming what could not be read.
 """
+
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation

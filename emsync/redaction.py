@@ -6,13 +6,23 @@ query parameters and bearer tokens; ``RedactingFilter`` sits on every log
 handler. The registry is kept sorted as it grows, so a log line costs one
 pass over the prepared list and no sort.
 """
+
 from __future__ import annotations
 
 import logging
 import re
 import threading
 
-SECRET_PARAMS = ("access_token", "client_secret", "refresh_token", "fb_exchange_token", "input_token", "appsecret_proof", "code", "password")
+SECRET_PARAMS = (
+    "access_token",
+    "client_secret",
+    "refresh_token",
+    "fb_exchange_token",
+    "input_token",
+    "appsecret_proof",
+    "code",
+    "password",
+)
 _PARAM_RE = re.compile(r"(?i)\b(" + "|".join(SECRET_PARAMS) + r")(=|%3D|\"\s*:\s*\")([^&\s\"'#]+)")
 _BEARER_RE = re.compile(r"(?i)\b(bearer|oauth)\s+[A-Za-z0-9._~+/=|-]{8,}")
 MIN_SECRET_LENGTH = 6

@@ -1,13 +1,14 @@
 """`emsync status`: what was synced when, what failed and why — as data; rendering lives in render.py."""
+
 from __future__ import annotations
 
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from . import campaign_rows, runs, store
 from .config import Settings
-from .domain import account_label
 from .db import describe_url
+from .domain import account_label
 
 TOKEN_WARNING = timedelta(days=7)
 CRON_RUNS_PER_DAY = 48  # */30 * * * *
@@ -42,16 +43,26 @@ def _run_json(run: dict, now: datetime, host: str) -> dict:
         state = "died"
     finished = run["finished_at"]
     return {
-        "id": run["id"], "trigger": run["trigger"], "host": run["host"], "pid": run["pid"], "scope": run["scope"],
-        "full": bool(run["full_window"]), "started_at": run["started_at"], "finished_at": finished, "status": state,
+        "id": run["id"],
+        "trigger": run["trigger"],
+        "host": run["host"],
+        "pid": run["pid"],
+        "scope": run["scope"],
+        "full": bool(run["full_window"]),
+        "started_at": run["started_at"],
+        "finished_at": finished,
+        "status": state,
         "duration_s": round((finished - run["started_at"]).total_seconds(), 3) if finished else None,
-        "integrations": run["integrations_total"], "succeeded": run["succeeded"], "failed": run["failed"],
-        "skipped": run["skipped"], "rows": run["rows"],
+        "integrations": run["integrations_total"],
+        "succeeded": run["succeeded"],
+        "failed": run["failed"],
+        "skipped": run["skipped"],
+        "rows": run["rows"],
     }
 
 
 def build_status(conn, settings: Settings, *, now: datetime | None = None) -> dict:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     rows = store.list_integrations(conn)
     in_window = campaign_rows.rows_since(conn, now.date() - timedelta(days=settings.lookback_days))
     integrations = []
@@ -85,7 +96,7 @@ def build_status(conn, settings: Settings, *, now: datetime | None = None) -> di
 
 def check_problems(report: dict, settings: Settings, *, now: datetime | None = None) -> list[str]:
     """One line per active integration that needs attention, worst first."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     stale = timedelta(minutes=settings.stale_after_minutes)
     problems = []
     for item in report["integrations"]:

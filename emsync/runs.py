@@ -3,6 +3,7 @@
 Like ``store``, every function works inside a transaction the caller owns;
 timestamps come from the caller's clock.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,15 +46,15 @@ def looks_dead(run: dict, host: str, now: datetime) -> bool:
 
 
 def start_run(conn, *, trigger: str, host: str, scope: str | None, full: bool, now: datetime) -> int:
-    values = dict(trigger=trigger, host=host, pid=os.getpid(), scope=scope, full_window=full, started_at=now, heartbeat_at=now, status="running")
+    values = dict(
+        trigger=trigger, host=host, pid=os.getpid(), scope=scope, full_window=full, started_at=now, heartbeat_at=now, status="running"
+    )
     return conn.execute(insert(runs_t).values(**values)).inserted_primary_key[0]
 
 
 def bury_dead_runs(conn, host: str, now: datetime) -> int:
     """Mark runs that died (killed, crashed, machine rebooted) so they never show as running forever."""
-    running = conn.execute(
-        select(runs_t.c.id, runs_t.c.host, runs_t.c.pid, runs_t.c.heartbeat_at).where(runs_t.c.status == "running")
-    )
+    running = conn.execute(select(runs_t.c.id, runs_t.c.host, runs_t.c.pid, runs_t.c.heartbeat_at).where(runs_t.c.status == "running"))
     dead = [r.id for r in running if looks_dead(dict(r._mapping), host, now)]
     if dead:
         conn.execute(update(runs_t).where(runs_t.c.id.in_(dead)).values(status="died", finished_at=now))
@@ -65,21 +66,46 @@ def finish_run(conn, run_id: int, *, now: datetime, total: int, succeeded: int, 
         update(runs_t)
         .where(runs_t.c.id == run_id)
         .values(
-            status="failed" if failed else "ok", finished_at=now, heartbeat_at=now,
-            integrations_total=total, succeeded=succeeded, failed=failed, skipped=skipped, rows=rows,
+            status="failed" if failed else "ok",
+            finished_at=now,
+            heartbeat_at=now,
+            integrations_total=total,
+            succeeded=succeeded,
+            failed=failed,
+            skipped=skipped,
+            rows=rows,
         )
     )
 
 
-def record_attempt(conn, *, run_id: int, integration_id: int, window: SyncWindow | None, started_at: datetime, finished_at: datetime,
-                   status: str, rows: int, api_requests: int, error: str | None) -> None:
+def record_attempt(
+    conn,
+    *,
+    run_id: int,
+    integration_id: int,
+    window: SyncWindow | None,
+    started_at: datetime,
+    finished_at: datetime,
+    status: str,
+    rows: int,
+    api_requests: int,
+    error: str | None,
+) -> None:
     """One attempt's record; also the run's heartbeat."""
     conn.execute(
         insert(attempts_t).values(
-            run_id=run_id, integration_id=integration_id,
-            window_start=window.since if window else None, window_end=window.until if window else None,
-            full_window=bool(window and window.full), started_at=started_at, finished_at=finished_at, status=status,
-            rows=rows, api_requests=api_requests, duration_s=(finished_at - started_at).total_seconds(), error=error,
+            run_id=run_id,
+            integration_id=integration_id,
+            window_start=window.since if window else None,
+            window_end=window.until if window else None,
+            full_window=bool(window and window.full),
+            started_at=started_at,
+            finished_at=finished_at,
+            status=status,
+            rows=rows,
+            api_requests=api_requests,
+            duration_s=(finished_at - started_at).total_seconds(),
+            error=error,
         )
     )
     conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(heartbeat_at=finished_at))
@@ -91,7 +117,13 @@ def due_integrations(conn, *, email: str | None, platform: str | None, include_r
         select(integrations_t.c.id, integrations_t.c.platform, integrations_t.c.account_id, users_t.c.email)
         .join(users_t, users_t.c.id == integrations_t.c.user_id)
         .where(integrations_t.c.is_active.is_(True))
-        .where(or_(integrations_t.c.status != "rate_limited", integrations_t.c.rate_limited_until.is_(None), integrations_t.c.rate_limited_until <= now))
+        .where(
+            or_(
+                integrations_t.c.status != "rate_limited",
+                integrations_t.c.rate_limited_until.is_(None),
+                integrations_t.c.rate_limited_until <= now,
+            )
+        )
         .order_by(integrations_t.c.id)
     )
     if not include_reauth:

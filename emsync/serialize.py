@@ -3,6 +3,7 @@
 Datetimes and dates become ISO 8601 strings (datetimes keep their UTC
 offset); Decimals become JSON numbers.
 """
+
 from __future__ import annotations
 
 import json

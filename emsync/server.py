@@ -5,6 +5,7 @@ background thread through the same engine and claims as the CLI, so cron, the
 CLI and the server never sync one integration twice at once. Every endpoint
 but ``GET /healthz`` needs ``Authorization: Bearer <CRON_SECRET>``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -90,23 +91,24 @@ class RunTracker:
     def _run(self, key: str, syncer: Syncer, options: SyncOptions, opened) -> None:
         try:
             syncer.run(options, opened)
-        except Exception:  # noqa: BLE001 - logged; the run record says it failed or died
+        except Exception:
             log.exception("server-triggered run %s failed", opened.run_id)
         finally:
             with self._lock:
                 self._active.pop(key, None)
 
 
-def check_secret(settings: Settings) -> None:
+def check_secret(settings: Settings) -> str:
+    """The configured CRON_SECRET. Raises UserError when it is missing or too short."""
     if not settings.cron_secret:
         raise UserError("CRON_SECRET is not set: 'emsync secret' prints a new random one to put in the env file")
     if len(settings.cron_secret) < MIN_SECRET_LENGTH:
         raise UserError(f"CRON_SECRET is shorter than {MIN_SECRET_LENGTH} characters: 'emsync secret' prints a strong one")
+    return settings.cron_secret
 
 
 def create_app(settings: Settings, engine) -> Starlette:
-    check_secret(settings)
-    guard = AuthGuard(settings.cron_secret)
+    guard = AuthGuard(check_secret(settings))
     tracker = RunTracker(settings, engine)
 
     def unauthorized() -> JSONResponse:
@@ -133,7 +135,7 @@ def create_app(settings: Settings, engine) -> Starlette:
         except (ValueError, UserError):
             email = None
         if email is None:
-            return _JSON({"error": "the body must be JSON like {\"email\": \"anna@example.com\"}"}, status_code=422)
+            return _JSON({"error": 'the body must be JSON like {"email": "anna@example.com"}'}, status_code=422)
         return await _start(tracker, f"user:{email}", SyncOptions(email=email, trigger="user"))
 
     async def status(request: Request):
@@ -160,13 +162,15 @@ def create_app(settings: Settings, engine) -> Starlette:
             return _JSON({"error": "no such run"}, status_code=404)
         return _JSON(detail)
 
-    return Starlette(routes=[
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/api/cron/sync-all", protected(sync_all), methods=["POST"]),
-        Route("/api/sync/user", protected(sync_user), methods=["POST"]),
-        Route("/api/status", protected(status), methods=["GET"]),
-        Route("/api/runs/{run_id}", protected(run_detail), methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/api/cron/sync-all", protected(sync_all), methods=["POST"]),
+            Route("/api/sync/user", protected(sync_user), methods=["POST"]),
+            Route("/api/status", protected(status), methods=["GET"]),
+            Route("/api/runs/{run_id}", protected(run_detail), methods=["GET"]),
+        ]
+    )
 
 
 async def _start(tracker: RunTracker, key: str, options: SyncOptions) -> JSONResponse:

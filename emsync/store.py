@@ -9,6 +9,7 @@ here and its attempt record (``runs``) commit together or not at all. Every
 value reaches SQL as a bound parameter. Tokens are stored only as Fernet
 ciphertexts (``crypto.TokenBox``).
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -21,7 +22,6 @@ from .crypto import TokenBox
 from .domain import IntegrationState
 from .errors import UnknownUser, UserError
 from .models import attempts_t, integrations_t, metrics_t, users_t
-
 
 # ---------------------------------------------------------------- users
 
@@ -38,12 +38,7 @@ def add_user(conn, email: str, name: str | None = None) -> dict:
 
 
 def list_users(conn) -> list[dict]:
-    count = (
-        select(func.count(integrations_t.c.id))
-        .where(integrations_t.c.user_id == users_t.c.id)
-        .scalar_subquery()
-        .label("integrations")
-    )
+    count = select(func.count(integrations_t.c.id)).where(integrations_t.c.user_id == users_t.c.id).scalar_subquery().label("integrations")
     query = select(users_t.c.id, users_t.c.email, users_t.c.name, users_t.c.created_at, count).order_by(users_t.c.id)
     return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -121,9 +116,23 @@ def add_integration(
 
 
 _PUBLIC_COLUMNS = (
-    "id", "platform", "account_id", "login_customer_id", "account_name", "is_active", "status",
-    "last_synced_at", "last_full_sync_at", "last_attempt_at", "last_error", "rate_limited_until",
-    "token_expires_at", "currency", "time_zone", "created_at", "updated_at",
+    "id",
+    "platform",
+    "account_id",
+    "login_customer_id",
+    "account_name",
+    "is_active",
+    "status",
+    "last_synced_at",
+    "last_full_sync_at",
+    "last_attempt_at",
+    "last_error",
+    "rate_limited_until",
+    "token_expires_at",
+    "currency",
+    "time_zone",
+    "created_at",
+    "updated_at",
 )
 
 
@@ -189,9 +198,7 @@ def update_credentials(
 
 def set_active(conn, integration_id: int, active: bool) -> dict:
     get_integration(conn, integration_id)
-    conn.execute(
-        update(integrations_t).where(integrations_t.c.id == integration_id).values(is_active=active, updated_at=utcnow())
-    )
+    conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(is_active=active, updated_at=utcnow()))
     return get_integration(conn, integration_id)
 
 
@@ -217,8 +224,7 @@ def save_tokens(conn, integration_id: int, **values) -> None:
     conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))
 
 
-def save_account_info(conn, integration_id: int, *, currency: str | None, time_zone: str | None, name: str | None,
-                      now: datetime) -> None:
+def save_account_info(conn, integration_id: int, *, currency: str | None, time_zone: str | None, name: str | None, now: datetime) -> None:
     conn.execute(
         update(integrations_t)
         .where(integrations_t.c.id == integration_id)
@@ -239,8 +245,14 @@ def integration_state(conn, integration_id: int) -> IntegrationState | None:
 
 
 def mark_success(conn, integration_id: int, *, finished_at: datetime, full: bool) -> None:
-    values = dict(status="ok", last_synced_at=finished_at, last_attempt_at=finished_at, last_error=None,
-                  rate_limited_until=None, updated_at=finished_at)
+    values = dict(
+        status="ok",
+        last_synced_at=finished_at,
+        last_attempt_at=finished_at,
+        last_error=None,
+        rate_limited_until=None,
+        updated_at=finished_at,
+    )
     if full:
         values["last_full_sync_at"] = finished_at
     conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))

@@ -13,15 +13,16 @@ Each integration is independent: its own claim, its own transaction, its own
 error. Whatever goes wrong for one integration — claim, fetch, write, even
 recording the failure — becomes its ``IntegrationResult`` and the run moves on.
 """
+
 from __future__ import annotations
 
 import logging
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import campaign_rows, runs, store
@@ -75,10 +76,19 @@ class IntegrationResult:
     def as_dict(self) -> dict:
         window = self.window
         return {
-            "id": self.integration_id, "platform": self.platform, "email": self.email, "account_id": self.account_id,
-            "status": self.status, "rows": self.rows, "api_requests": self.api_requests, "duration_s": round(self.duration_s, 3),
-            "window": None if window is None else {"since": window.since.isoformat(), "until": window.until.isoformat(), "full": window.full},
-            "error": self.error, "retry_at": self.retry_at.isoformat() if self.retry_at else None,
+            "id": self.integration_id,
+            "platform": self.platform,
+            "email": self.email,
+            "account_id": self.account_id,
+            "status": self.status,
+            "rows": self.rows,
+            "api_requests": self.api_requests,
+            "duration_s": round(self.duration_s, 3),
+            "window": None
+            if window is None
+            else {"since": window.since.isoformat(), "until": window.until.isoformat(), "full": window.full},
+            "error": self.error,
+            "retry_at": self.retry_at.isoformat() if self.retry_at else None,
         }
 
 
@@ -119,8 +129,14 @@ class RunResult:
     def as_dict(self) -> dict:
         """The shape of ``sync-all --json``."""
         return {
-            "run_id": self.run_id, "started_at": self.started_at.isoformat(), "duration_s": round(self.duration_s, 3),
-            "due": self.due, "succeeded": self.succeeded, "failed": self.failed, "skipped": self.skipped, "rows": self.rows,
+            "run_id": self.run_id,
+            "started_at": self.started_at.isoformat(),
+            "duration_s": round(self.duration_s, 3),
+            "due": self.due,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "rows": self.rows,
             "integrations": [r.as_dict() for r in self.results],
         }
 
@@ -132,9 +148,9 @@ def window_for(state: IntegrationState, settings: Settings, *, force_full: bool,
     the last full sync is ``EMSYNC_FULL_SYNC_HOURS`` old; else the recent days.
     """
     try:
-        tz = ZoneInfo(state.time_zone) if state.time_zone else timezone.utc
+        tz = ZoneInfo(state.time_zone) if state.time_zone else UTC
     except (ZoneInfoNotFoundError, ValueError):
-        tz = timezone.utc
+        tz = UTC
     today = now.astimezone(tz).date()
     last_full = state.last_full_sync_at
     full = force_full or last_full is None or now - last_full >= timedelta(hours=settings.full_sync_hours)
@@ -182,8 +198,15 @@ class Syncer:
     ``clock`` supplies every timestamp (tests pass a ``ManualClock``).
     """
 
-    def __init__(self, settings: Settings, db_engine, *, clock: Clock = SYSTEM_CLOCK,
-                 on_result: Callable[[IntegrationResult], None] | None = None, on_start: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        db_engine,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        on_result: Callable[[IntegrationResult], None] | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ):
         self.settings = settings
         self.db = db_engine
         self.clock = clock
@@ -236,8 +259,9 @@ class Syncer:
         result = opened or self.open_run(options)
         try:
             with self.db.begin() as conn:
-                due = runs.due_integrations(conn, email=options.email, platform=options.platform,
-                                            include_reauth=options.email is not None, now=result.started_at)
+                due = runs.due_integrations(
+                    conn, email=options.email, platform=options.platform, include_reauth=options.email is not None, now=result.started_at
+                )
             result.due = len(due)
             log.info("Found %d active integrations%s", len(due), f" for {options.email}" if options.email else "")
             self.on_start(len(due))
@@ -253,8 +277,16 @@ class Syncer:
         finally:
             result.duration_s = time.monotonic() - clock
             with write_transaction(self.db) as conn:
-                runs.finish_run(conn, result.run_id, now=self.clock.now(), total=result.due, succeeded=result.succeeded,
-                                failed=result.failed, skipped=result.skipped, rows=result.rows)
+                runs.finish_run(
+                    conn,
+                    result.run_id,
+                    now=self.clock.now(),
+                    total=result.due,
+                    succeeded=result.succeeded,
+                    failed=result.failed,
+                    skipped=result.skipped,
+                    rows=result.rows,
+                )
         result.results.sort(key=lambda r: r.integration_id)
         log.info(result.summary())
         return result
@@ -277,7 +309,7 @@ class Syncer:
                     return self._skip(result, "already synced by another run")
                 log.info("Syncing %s for %s (%s)...", item.platform, item.email, result.label)
                 self._attempt(state, result, run.run_id, options, session)
-        except Exception as exc:  # noqa: BLE001 - a claim, a read or the failure record itself failed
+        except Exception as exc:
             result.status, result.error = "error", describe_failure(exc)
             log.debug("could not sync or record integration %s", item.id, exc_info=True)
         self._log_result(result, run.run_id)
@@ -294,14 +326,15 @@ class Syncer:
         started = self.clock.now()
         clock = time.monotonic()
         api = HttpClient(session, timeout=s.http_timeout, attempts=s.retry_attempts, max_wait=s.retry_max_wait, clock=self.clock)
-        work = _Fetch(Credentials(token_expires_at=state.token_expires_at,
-                                  cached_access_token_expires_at=state.cached_access_token_expires_at))
+        work = _Fetch(
+            Credentials(token_expires_at=state.token_expires_at, cached_access_token_expires_at=state.cached_access_token_expires_at)
+        )
         try:
             self._fetch(state, work, api, force_full=options.full, now=started)
             result.window = work.window
             result.rows = self._save_success(state, work, run_id, started, api.requests)
             result.status = "ok"
-        except Exception as exc:  # noqa: BLE001 - one integration's failure must never stop the others
+        except Exception as exc:
             result.window = work.window
             result.status = exc.status if isinstance(exc, ApiError) else "error"
             result.error = describe_failure(exc)
@@ -335,20 +368,41 @@ class Syncer:
             self._remember(conn, state.id, work)
             rows = campaign_rows.replace_window(conn, state.id, work.window, work.fetched.rows, currency, started)
             finished = self.clock.now()
-            runs.record_attempt(conn, run_id=run_id, integration_id=state.id, window=work.window, started_at=started,
-                                finished_at=finished, status="ok", rows=rows, api_requests=requests, error=None)
+            runs.record_attempt(
+                conn,
+                run_id=run_id,
+                integration_id=state.id,
+                window=work.window,
+                started_at=started,
+                finished_at=finished,
+                status="ok",
+                rows=rows,
+                api_requests=requests,
+                error=None,
+            )
             store.mark_success(conn, state.id, finished_at=finished, full=work.window.full)
         return rows
 
-    def _save_failure(self, state: IntegrationState, work: _Fetch, result: IntegrationResult, run_id: int, started: datetime,
-                      requests: int) -> None:
+    def _save_failure(
+        self, state: IntegrationState, work: _Fetch, result: IntegrationResult, run_id: int, started: datetime, requests: int
+    ) -> None:
         """One write transaction: a renewed token must survive the failure; the attempt and the failing status."""
         error = result.error or result.status
         with write_transaction(self.db) as conn:
             self._remember(conn, state.id, work)
             finished = self.clock.now()
-            runs.record_attempt(conn, run_id=run_id, integration_id=state.id, window=work.window, started_at=started,
-                                finished_at=finished, status=result.status, rows=0, api_requests=requests, error=error)
+            runs.record_attempt(
+                conn,
+                run_id=run_id,
+                integration_id=state.id,
+                window=work.window,
+                started_at=started,
+                finished_at=finished,
+                status=result.status,
+                rows=0,
+                api_requests=requests,
+                error=error,
+            )
             store.mark_failure(conn, state.id, finished_at=finished, status=result.status, error=error, retry_at=result.retry_at)
 
     def _remember(self, conn, integration_id: int, work: _Fetch) -> None:
@@ -356,27 +410,51 @@ class Syncer:
         creds = work.creds
         if creds.changed:
             store.save_tokens(
-                conn, integration_id,
+                conn,
+                integration_id,
                 access_token_enc=self.box.encrypt(creds.access_token),
                 token_expires_at=creds.token_expires_at,
                 cached_access_token_enc=self.box.encrypt(creds.cached_access_token),
                 cached_access_token_expires_at=creds.cached_access_token_expires_at,
             )
         if work.info is not None:
-            store.save_account_info(conn, integration_id, currency=work.info.currency, time_zone=work.info.time_zone,
-                                    name=work.info.name, now=self.clock.now())
+            store.save_account_info(
+                conn, integration_id, currency=work.info.currency, time_zone=work.info.time_zone, name=work.info.name, now=self.clock.now()
+            )
 
     def _log_result(self, result: IntegrationResult, run_id: int) -> None:
         if result.status == "skipped":
             return
-        fields = {"integration_result": True, "integration_id": result.integration_id, "platform": result.platform,
-                  "email": result.email, "status": result.status, "rows": result.rows, "run_id": run_id}
+        fields = {
+            "integration_result": True,
+            "integration_id": result.integration_id,
+            "platform": result.platform,
+            "email": result.email,
+            "status": result.status,
+            "rows": result.rows,
+            "run_id": run_id,
+        }
         if result.status == "ok":
-            log.info("Successfully synced %s for %s (%s): %d rows, %d requests, %.1fs",
-                     result.platform, result.email, result.label, result.rows, result.api_requests, result.duration_s, extra=fields)
+            log.info(
+                "Successfully synced %s for %s (%s): %d rows, %d requests, %.1fs",
+                result.platform,
+                result.email,
+                result.label,
+                result.rows,
+                result.api_requests,
+                result.duration_s,
+                extra=fields,
+            )
         else:
-            log.error("Failed to sync %s for %s (%s): %s: %s", result.platform, result.email, result.label, result.status,
-                      result.error, extra=fields)
+            log.error(
+                "Failed to sync %s for %s (%s): %s: %s",
+                result.platform,
+                result.email,
+                result.label,
+                result.status,
+                result.error,
+                extra=fields,
+            )
 
 
 def _with_info(state: IntegrationState, info: AccountInfo) -> IntegrationState:

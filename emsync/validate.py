@@ -3,14 +3,17 @@
 Each function returns the normalised value or raises ``UserError`` with one
 line that says what was wrong (never echoing a token back).
 """
+
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .errors import UserError
 
-_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+_EMAIL = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
 _META_ACCOUNT = re.compile(r"^(?:act_)?([0-9]{1,20})$")
 _GOOGLE_CUSTOMER = re.compile(r"^[0-9]{3}-?[0-9]{3}-?[0-9]{4}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -79,8 +82,8 @@ def expiry(value: str) -> datetime:
     except ValueError:
         raise UserError(f"--token-expires-at must be an ISO-8601 date or date-time, got {raw[:40]!r}") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 def integration_id(value: int) -> int:

@@ -5,6 +5,7 @@ PostgreSQL: tests read EMSYNC_TEST_POSTGRES_URL (default: the local server at
 local cluster; if that fails they skip with a clear reason, except under CI
 (CI=true), where a missing PostgreSQL fails the run.
 """
+
 from __future__ import annotations
 
 import os
@@ -227,8 +228,9 @@ def spawn(tmp_path):
 
     def start(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
         full_env = {**os.environ, **(env or {})}
-        return subprocess.Popen([sys.executable, "-m", "emsync", *args], env=full_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, **kwargs)
+        return subprocess.Popen(
+            [sys.executable, "-m", "emsync", *args], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+        )
 
     return start
 

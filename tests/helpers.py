@@ -1,4 +1,5 @@
 """What the sandbox served, computed independently of emsync's parsers, to compare stored rows against."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,11 @@ def expected(sb, platform: str, account: str, days: int = 30, *, version: int = 
 def stored(engine, integration_id: int) -> dict:
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT campaign_id, date, spend, impressions, clicks, conversions, revenue, ctr, cpc, roas, currency "
-                 "FROM campaign_metrics WHERE integration_id = :i"), {"i": integration_id}
+            text(
+                "SELECT campaign_id, date, spend, impressions, clicks, conversions, revenue, ctr, cpc, roas, currency "
+                "FROM campaign_metrics WHERE integration_id = :i"
+            ),
+            {"i": integration_id},
         ).all()
     out = {}
     for r in rows:
@@ -50,8 +54,16 @@ def stored(engine, integration_id: int) -> dict:
 def values(rows: dict) -> dict:
     """Stored rows in the shape of ``expected``: Decimals compared at the stored precision (6 places)."""
     q = Decimal("0.000001")
-    return {k: (Decimal(str(r.spend)).quantize(q), int(r.impressions), int(r.clicks), Decimal(str(r.conversions)).quantize(q),
-                Decimal(str(r.revenue)).quantize(q)) for k, r in rows.items()}
+    return {
+        k: (
+            Decimal(str(r.spend)).quantize(q),
+            int(r.impressions),
+            int(r.clicks),
+            Decimal(str(r.conversions)).quantize(q),
+            Decimal(str(r.revenue)).quantize(q),
+        )
+        for k, r in rows.items()
+    }
 
 
 def quantized(exp: dict) -> dict:

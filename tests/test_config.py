@@ -1,4 +1,5 @@
 """Settings: sources, precedence, validation (exit 2 naming the setting), secrets kept out of repr."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """`emsync demo` and `emsync sandbox` as a user runs them: separate processes, a fresh HOME."""
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,13 @@ def test_demo_keep_leaves_the_database(tmp_path):
 
 
 def test_sandbox_command_serves_and_prints_the_settings(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "emsync", "sandbox", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_fresh_env(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emsync", "sandbox", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_fresh_env(tmp_path),
+    )
     try:
         first = proc.stdout.readline()
         assert first.startswith("emsync sandbox listening on http://127.0.0.1:")

@@ -1,7 +1,8 @@
 """The Google Ads connector over real HTTP against the sandbox: one searchStream per customer, OAuth, managers, quota."""
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,7 +16,9 @@ pytestmark = pytest.mark.usefixtures("any_db")
 
 
 def test_exact_rows_multi_batch_and_one_stream_per_customer(cli, engine, make_sandbox):
-    sb = make_sandbox({"google_batch_size": 25, "google_customers": {"1234567890": {"campaigns": 8, "currency": "USD", "timezone": "America/New_York"}}})
+    sb = make_sandbox(
+        {"google_batch_size": 25, "google_customers": {"1234567890": {"campaigns": 8, "currency": "USD", "timezone": "America/New_York"}}}
+    )
     integration_id = add_google(cli, account="123-456-7890")
     assert cli("sync-all").code == 0
     want = expected(sb, "google", "1234567890")
@@ -118,7 +121,7 @@ def test_daily_quota_marks_rate_limited_without_waiting_and_later_runs_skip(cli,
     sb = make_sandbox({"google_customers": {"1111111111": {"faults": [{"kind": "quota_exhausted", "retry_seconds": 40591}]}}})
     limited = add_google(cli, account="1111111111")
     healthy = add_google(cli, account="3333333333", token="1//other")
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     assert cli("sync-all").code == 1
     item = integration(cli, limited)
     assert item["status"] == "rate_limited" and "RESOURCE_EXHAUSTED" in item["last_error"]
@@ -130,9 +133,17 @@ def test_daily_quota_marks_rate_limited_without_waiting_and_later_runs_skip(cli,
     assert sb.count(account="1111111111") == 0
 
 
-@pytest.mark.parametrize("fault", [{"kind": "server_error", "status": 500, "times": 2}, {"kind": "server_error", "status": 503, "times": 1},
-                                   {"kind": "server_error", "status": 504, "times": 1}, {"kind": "truncated", "times": 1},
-                                   {"kind": "drop", "times": 1}, {"kind": "error_in_stream", "times": 1}])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"kind": "server_error", "status": 500, "times": 2},
+        {"kind": "server_error", "status": 503, "times": 1},
+        {"kind": "server_error", "status": 504, "times": 1},
+        {"kind": "truncated", "times": 1},
+        {"kind": "drop", "times": 1},
+        {"kind": "error_in_stream", "times": 1},
+    ],
+)
 def test_transient_failures_retry_with_backoff(cli, engine, make_sandbox, waits, fault):
     sb = make_sandbox({"google_customers": {"1111111111": {"faults": [fault]}}})
     integration_id = add_google(cli, account="1111111111")
@@ -171,8 +182,12 @@ def test_retry_delay_parsing():
 def test_no_google_token_in_any_output(cli, make_sandbox, monkeypatch, tmp_path):
     log_file = tmp_path / "emsync.log"
     monkeypatch.setenv("EMSYNC_LOG_FILE", str(log_file))
-    make_sandbox({"revoked_refresh_tokens": ["1//distinctive-revoked"],
-                  "google_customers": {"1111111111": {"faults": [{"kind": "unauthenticated", "times": 1}]}}})
+    make_sandbox(
+        {
+            "revoked_refresh_tokens": ["1//distinctive-revoked"],
+            "google_customers": {"1111111111": {"faults": [{"kind": "unauthenticated", "times": 1}]}},
+        }
+    )
     add_google(cli, "anna@example.com", "111-111-1111", "1//distinctive-refresh")
     add_google(cli, "anna@example.com", "222-222-2222", "1//distinctive-revoked")
     outputs = [cli("--verbose", "sync-all"), cli("sync-all", "--json"), cli("status", "--json")]

@@ -1,10 +1,11 @@
 """The Meta connector over real HTTP against the sandbox: exact rows, paging, tokens, every error class."""
+
 from __future__ import annotations
 
 import json
 import math
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -14,7 +15,6 @@ from emsync.connectors.meta import pick_conversions, throttle_delay, usage
 
 from .conftest import TEST_KEY, add_meta
 from .helpers import expected, integration, quantized, stored, values
-
 
 pytestmark = pytest.mark.usefixtures("any_db")
 
@@ -42,9 +42,17 @@ def test_exact_rows_over_several_pages_and_one_account_request(cli, engine, make
     assert (item["status"], item["currency"], item["time_zone"]) == ("ok", "EUR", "Europe/Berlin")
     # derived metrics from the stored base metrics
     for r in rows.values():
-        assert r.ctr is None if not r.impressions else Decimal(str(r.ctr)) == (Decimal(r.clicks) * 100 / Decimal(r.impressions)).quantize(Decimal("0.000001"))
+        assert (
+            r.ctr is None
+            if not r.impressions
+            else Decimal(str(r.ctr)) == (Decimal(r.clicks) * 100 / Decimal(r.impressions)).quantize(Decimal("0.000001"))
+        )
         assert r.cpc is None if not r.clicks else abs(Decimal(str(r.cpc)) - Decimal(str(r.spend)) / r.clicks) < Decimal("0.000001")
-        assert r.roas is None if not Decimal(str(r.spend)) else abs(Decimal(str(r.roas)) - Decimal(str(r.revenue)) / Decimal(str(r.spend))) < Decimal("0.000001")
+        assert (
+            r.roas is None
+            if not Decimal(str(r.spend))
+            else abs(Decimal(str(r.roas)) - Decimal(str(r.revenue)) / Decimal(str(r.spend))) < Decimal("0.000001")
+        )
     # a second (steady) run: no account metadata request, one insights page for the recent window
     sb.reset_log()
     assert cli("sync-all").code == 0
@@ -76,10 +84,18 @@ def test_conversion_priority_list_is_configurable(cli, sq_engine, make_sandbox, 
     "actions, action_values, types, want",
     [
         (None, None, ("omni_purchase",), (0, 0)),
-        ([{"action_type": "purchase", "value": "2"}, {"action_type": "omni_purchase", "value": "3"}],
-         [{"action_type": "omni_purchase", "value": "30.5"}], ("omni_purchase", "purchase"), (3, Decimal("30.5"))),
-        ([{"action_type": "offsite_conversion.fb_pixel_purchase", "value": "4"}], [{"action_type": "offsite_conversion.fb_pixel_purchase", "value": "9.99"}],
-         ("omni_purchase", "purchase", "offsite_conversion.fb_pixel_purchase"), (4, Decimal("9.99"))),
+        (
+            [{"action_type": "purchase", "value": "2"}, {"action_type": "omni_purchase", "value": "3"}],
+            [{"action_type": "omni_purchase", "value": "30.5"}],
+            ("omni_purchase", "purchase"),
+            (3, Decimal("30.5")),
+        ),
+        (
+            [{"action_type": "offsite_conversion.fb_pixel_purchase", "value": "4"}],
+            [{"action_type": "offsite_conversion.fb_pixel_purchase", "value": "9.99"}],
+            ("omni_purchase", "purchase", "offsite_conversion.fb_pixel_purchase"),
+            (4, Decimal("9.99")),
+        ),
         ([{"action_type": "link_click", "value": "40"}], [], ("omni_purchase",), (0, 0)),
     ],
 )
@@ -88,8 +104,12 @@ def test_pick_conversions(actions, action_values, types, want):
 
 
 def test_usage_headers_and_throttle():
-    headers = {"X-Business-Use-Case-Usage": json.dumps({"1": [{"call_count": 93, "total_cputime": 10, "total_time": 20, "estimated_time_to_regain_access": 2}]}),
-               "X-Ad-Account-Usage": json.dumps({"acc_id_util_pct": 40})}
+    headers = {
+        "X-Business-Use-Case-Usage": json.dumps(
+            {"1": [{"call_count": 93, "total_cputime": 10, "total_time": 20, "estimated_time_to_regain_access": 2}]}
+        ),
+        "X-Ad-Account-Usage": json.dumps({"acc_id_util_pct": 40}),
+    }
     assert usage(headers) == (93.0, 120.0)
     assert throttle_delay(89.9, 0, 60) == 0
     assert throttle_delay(95, 0, 60) == 6
@@ -116,7 +136,7 @@ def test_long_rate_limit_marks_rate_limited_and_later_runs_skip(cli, make_sandbo
     sb = make_sandbox({"meta_accounts": {"1": {"faults": [{"kind": "rate_limit", "code": 17, "eta_minutes": 30}]}}})
     limited = add_meta(cli, account="act_1")
     healthy = add_meta(cli, account="act_2", token="EAABtoken-two")
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     result = cli("sync-all")
     assert result.code == 1
     item = integration(cli, limited)
@@ -207,16 +227,16 @@ def test_reduce_the_amount_of_data_falls_back_to_an_async_report(cli, sq_engine,
 
 def test_token_expiring_within_7_days_is_exchanged_and_stored(cli, sq_engine, make_sandbox):
     sb = make_sandbox()
-    soon = (datetime.now(timezone.utc) + timedelta(days=3)).isoformat()
+    soon = (datetime.now(UTC) + timedelta(days=3)).isoformat()
     integration_id = add_meta(cli, "anna@example.com", "act_1", "EAABold-expiring-token", "--token-expires-at", soon)
-    later = (datetime.now(timezone.utc) + timedelta(days=30)).isoformat()
+    later = (datetime.now(UTC) + timedelta(days=30)).isoformat()
     other = add_meta(cli, "anna@example.com", "act_2", "EAABfresh-token", "--token-expires-at", later)
     system = add_meta(cli, "anna@example.com", "act_3", "EAABsystem-user-token")
     assert cli("sync-all").code == 0
     assert sb.count("meta.token_exchange") == 1
     item = integration(cli, integration_id)
     expires = datetime.fromisoformat(item["token_expires_at"])
-    assert timedelta(days=59) < expires - datetime.now(timezone.utc) < timedelta(days=61)
+    assert timedelta(days=59) < expires - datetime.now(UTC) < timedelta(days=61)
     from sqlalchemy import text
 
     from emsync.crypto import TokenBox
@@ -248,9 +268,15 @@ def test_a_repeated_cursor_is_refused_instead_of_looping(cli, make_sandbox):
 def test_no_token_in_any_output_or_log(cli, make_sandbox, monkeypatch, tmp_path):
     log_file = tmp_path / "emsync.log"
     monkeypatch.setenv("EMSYNC_LOG_FILE", str(log_file))
-    make_sandbox({"meta_accounts": {"1": {"campaigns": 20, "faults": [{"kind": "server_error", "page": 2, "endpoint": "insights", "times": 1}]},
-                                    "2": {"faults": [{"kind": "token_expired"}]}}})
-    soon = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    make_sandbox(
+        {
+            "meta_accounts": {
+                "1": {"campaigns": 20, "faults": [{"kind": "server_error", "page": 2, "endpoint": "insights", "times": 1}]},
+                "2": {"faults": [{"kind": "token_expired"}]},
+            }
+        }
+    )
+    soon = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     add_meta(cli, "anna@example.com", "act_1", "EAABdistinctive-token-one", "--token-expires-at", soon)
     add_meta(cli, "anna@example.com", "act_2", "EAABdistinctive-token-two")
     outputs = [cli("--verbose", "sync-all"), cli("sync-all", "--json", "--full"), cli("status", "--json"), cli("status")]

@@ -1,4 +1,5 @@
 """Operating emsync: status, --check, logs, quiet, healthchecks, progress on a terminal, cron and systemd lines."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import shlex
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -36,19 +37,19 @@ def _set(engine, integration_id: int, **values):
 def test_status_table_shows_what_an_operator_needs(cli, engine, make_sandbox, monkeypatch):
     make_sandbox({"meta_accounts": {"2": {"faults": [{"kind": "token_expired"}]}}})
     monkeypatch.delenv("META_APP_ID")  # without the app credentials an expiring token cannot be renewed: status must warn
-    soon = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    soon = (datetime.now(UTC) + timedelta(days=2)).isoformat()
     ok = add_meta(cli, "anna@example.com", "act_1", "EAABtoken-1")
     bad = add_meta(cli, "anna@example.com", "act_2", "EAABtoken-2", "--token-expires-at", soon)
     limited = add_google(cli, "bob@example.com", "333-333-3333", "1//r3")
     assert cli("sync-all").code == 1
-    until = datetime.now(timezone.utc) + timedelta(hours=3)
+    until = datetime.now(UTC) + timedelta(hours=3)
     _set(engine, limited, status="rate_limited", rate_limited_until=until, last_error="Google Ads RESOURCE_EXHAUSTED: quota")
     out = cli("status").out
     table = out.split("Last runs")[0]
     row = {line.split("│")[1].strip(): line for line in table.splitlines() if line.startswith("│") and line.split("│")[1].strip().isdigit()}
     assert "ok" in row[str(ok)] and "act_1" in row[str(ok)] and re.search(r"│\s*\d+\s*│", row[str(ok)])
     assert "needs_reauth" in row[str(bad)] and "Meta error 190/463" in row[str(bad)]
-    assert (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%d") in row[str(bad)]
+    assert (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%d") in row[str(bad)]
     assert "rate_limited" in row[str(limited)] and until.strftime("%Y-%m-%d %H:%M") in row[str(limited)]
     assert "Last runs" in out and "cron" in out
     assert "warning:" in out and "Meta token expires" in out
@@ -61,8 +62,20 @@ def test_status_json_shape(cli, make_sandbox):
     report = json.loads(cli("status", "--json").out)
     assert {"database", "integrations", "last_run", "runs", "warnings"} <= set(report)
     item = report["integrations"][0]
-    assert {"id", "email", "platform", "account_id", "is_active", "status", "last_synced_at", "last_error", "token_expires_at",
-            "rows_in_window", "rate_limited_until", "currency"} <= set(item)
+    assert {
+        "id",
+        "email",
+        "platform",
+        "account_id",
+        "is_active",
+        "status",
+        "last_synced_at",
+        "last_error",
+        "token_expires_at",
+        "rows_in_window",
+        "rate_limited_until",
+        "currency",
+    } <= set(item)
     assert item["id"] == meta and item["rows_in_window"] > 0
     run = report["last_run"]
     assert (run["status"], run["succeeded"], run["failed"], run["trigger"]) == ("ok", 1, 0, "cron")
@@ -95,9 +108,9 @@ def test_google_quota_warning(cli, monkeypatch):
 )
 def test_status_check(cli, engine, change, code, words):
     integration_id = add_meta(cli, account="act_1")
-    _set(engine, integration_id, status="ok", last_synced_at=datetime.now(timezone.utc) - timedelta(minutes=5))
+    _set(engine, integration_id, status="ok", last_synced_at=datetime.now(UTC) - timedelta(minutes=5))
     if change:  # a timedelta means "that long ago", computed now rather than at collection
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         _set(engine, integration_id, **{k: now - v if isinstance(v, timedelta) else v for k, v in change.items()})
     result = cli("status", "--check")
     assert result.code == code
@@ -106,7 +119,7 @@ def test_status_check(cli, engine, change, code, words):
 
 def test_stale_after_is_configurable(cli, engine, monkeypatch):
     integration_id = add_meta(cli, account="act_1")
-    _set(engine, integration_id, status="ok", last_synced_at=datetime.now(timezone.utc) - timedelta(minutes=40))
+    _set(engine, integration_id, status="ok", last_synced_at=datetime.now(UTC) - timedelta(minutes=40))
     assert cli("status", "--check").code == 0
     monkeypatch.setenv("EMSYNC_STALE_AFTER_MINUTES", "30")
     assert cli("status", "--check").code == 1
@@ -222,8 +235,14 @@ def test_progress_bar_and_result_lines_on_a_terminal(cli, make_sandbox):
     add_meta(cli, account="act_1")
     add_meta(cli, account="act_2", token="EAABtoken-2")
     primary, secondary = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "emsync", "sync-all"], stdin=secondary, stdout=secondary, stderr=secondary,
-                            env={**os.environ, "COLUMNS": "160", "TERM": "xterm"}, close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emsync", "sync-all"],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
+        close_fds=True,
+    )
     os.close(secondary)
     chunks = []
     while True:
@@ -256,7 +275,7 @@ def _localise(command: str, tmp_path: Path) -> str:
     install = tmp_path / "opt-emsync"
     (install / ".venv" / "bin").mkdir(parents=True, exist_ok=True)
     shim = install / ".venv" / "bin" / "emsync"
-    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m emsync \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m emsync "$@"\n')
     shim.chmod(0o755)
     (tmp_path / "var-log-emsync").mkdir(exist_ok=True)
     return command.replace("/opt/emsync", str(install)).replace("/var/log/emsync", str(tmp_path / "var-log-emsync"))
@@ -265,8 +284,17 @@ def _localise(command: str, tmp_path: Path) -> str:
 def _env_file(tmp_path: Path) -> None:
     install = tmp_path / "opt-emsync"
     install.mkdir(exist_ok=True)
-    keys = ("EMSYNC_DATABASE_URL", "EMSYNC_SECRET_KEY", "META_GRAPH_URL", "META_APP_ID", "META_APP_SECRET", "GOOGLE_ADS_API_URL",
-            "GOOGLE_OAUTH_TOKEN_URL", "GOOGLE_OAUTH_CLIENT_ID", "GOOGLE_OAUTH_CLIENT_SECRET")
+    keys = (
+        "EMSYNC_DATABASE_URL",
+        "EMSYNC_SECRET_KEY",
+        "META_GRAPH_URL",
+        "META_APP_ID",
+        "META_APP_SECRET",
+        "GOOGLE_ADS_API_URL",
+        "GOOGLE_OAUTH_TOKEN_URL",
+        "GOOGLE_OAUTH_CLIENT_ID",
+        "GOOGLE_OAUTH_CLIENT_SECRET",
+    )
     (install / ".env").write_text("".join(f"{k}={os.environ[k]}\n" for k in keys))
 
 
@@ -281,16 +309,24 @@ def test_crontab_lines_run_as_written(cli, make_sandbox, tmp_path):
     sync_line = next(line for line in lines if line.startswith("*/30 * * * *"))
     check_line = next(line for line in lines if "status --check" in line)
     _env_file(tmp_path)
-    sync = subprocess.run(["sh", "-c", _localise(sync_line.split(None, 5)[5], tmp_path)], capture_output=True, text=True, env=_clean_env(), timeout=120)
+    sync = subprocess.run(
+        ["sh", "-c", _localise(sync_line.split(None, 5)[5], tmp_path)], capture_output=True, text=True, env=_clean_env(), timeout=120
+    )
     assert (sync.returncode, sync.stdout, sync.stderr) == (0, "", "")
     assert sb.count("meta.insights", "1") == 1
-    check = subprocess.run(["sh", "-c", _localise(check_line.split(None, 5)[5], tmp_path)], capture_output=True, text=True, env=_clean_env(), timeout=60)
+    check = subprocess.run(
+        ["sh", "-c", _localise(check_line.split(None, 5)[5], tmp_path)], capture_output=True, text=True, env=_clean_env(), timeout=60
+    )
     assert check.stdout == "", "healthy: the monitoring line prints nothing, so cron mails nothing"
     sb.set_account("meta", "1", faults=[{"kind": "permission"}])
-    failed = subprocess.run(["sh", "-c", _localise(sync_line.split(None, 5)[5], tmp_path)], capture_output=True, text=True, env=_clean_env(), timeout=120)
+    failed = subprocess.run(
+        ["sh", "-c", _localise(sync_line.split(None, 5)[5], tmp_path)], capture_output=True, text=True, env=_clean_env(), timeout=120
+    )
     assert failed.stdout.startswith("emsync sync-all failed with exit code 1"), "cron mails one line on failure"
     assert "Failed to sync meta" in (tmp_path / "var-log-emsync" / "cron.log").read_text()
-    check = subprocess.run(["sh", "-c", _localise(check_line.split(None, 5)[5], tmp_path)], capture_output=True, text=True, env=_clean_env(), timeout=60)
+    check = subprocess.run(
+        ["sh", "-c", _localise(check_line.split(None, 5)[5], tmp_path)], capture_output=True, text=True, env=_clean_env(), timeout=60
+    )
     assert check.stdout.startswith("CRITICAL: integration 1")
     assert any(line.startswith("# */15 * * * *") for line in (ROOT / "crontab.example").read_text().splitlines())
 

@@ -1,4 +1,5 @@
 """The sandbox answers in the documented shapes, and every fault reaches a client over real HTTP."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,15 @@ def _range(days=30, today=None):
 
 
 def _insights(sb, account="123", **params):
-    query = {"level": "campaign", "time_increment": "1", "time_range": _range(), "limit": "500",
-             "fields": "campaign_id,campaign_name,spend,impressions,clicks,actions,action_values", "access_token": "EAABt0ken", **params}
+    query = {
+        "level": "campaign",
+        "time_increment": "1",
+        "time_range": _range(),
+        "limit": "500",
+        "fields": "campaign_id,campaign_name,spend,impressions,clicks,actions,action_values",
+        "access_token": "EAABt0ken",
+        **params,
+    }
     return requests.get(f"{sb.url}/{V}/act_{account}/insights", params=query, timeout=5)
 
 
@@ -91,14 +99,26 @@ def test_meta_appsecret_proof_is_checked(sb):
 
 
 def test_meta_account_token_exchange_and_debug_token(sb):
-    account = requests.get(f"{sb.url}/{V}/act_123", params={"fields": "currency,timezone_name,name,account_status", "access_token": "t0ken1"}, timeout=5).json()
+    account = requests.get(
+        f"{sb.url}/{V}/act_123", params={"fields": "currency,timezone_name,name,account_status", "access_token": "t0ken1"}, timeout=5
+    ).json()
     assert set(account) == {"currency", "timezone_name", "name", "account_status", "id"}
-    exchanged = requests.get(f"{sb.url}/{V}/oauth/access_token", params={
-        "grant_type": "fb_exchange_token", "client_id": sb.scenario["meta_app_id"], "client_secret": sb.scenario["meta_app_secret"],
-        "fb_exchange_token": "EAABold"}, timeout=5).json()
+    exchanged = requests.get(
+        f"{sb.url}/{V}/oauth/access_token",
+        params={
+            "grant_type": "fb_exchange_token",
+            "client_id": sb.scenario["meta_app_id"],
+            "client_secret": sb.scenario["meta_app_secret"],
+            "fb_exchange_token": "EAABold",
+        },
+        timeout=5,
+    ).json()
     assert exchanged["token_type"] == "bearer" and exchanged["expires_in"] == 5183944 and exchanged["access_token"] != "EAABold"
-    debug = requests.get(f"{sb.url}/debug_token", params={
-        "input_token": exchanged["access_token"], "access_token": f"{sb.scenario['meta_app_id']}|{sb.scenario['meta_app_secret']}"}, timeout=5).json()
+    debug = requests.get(
+        f"{sb.url}/debug_token",
+        params={"input_token": exchanged["access_token"], "access_token": f"{sb.scenario['meta_app_id']}|{sb.scenario['meta_app_secret']}"},
+        timeout=5,
+    ).json()
     assert debug["data"]["is_valid"] is True and debug["data"]["expires_at"] > 0
 
 
@@ -119,23 +139,39 @@ def test_meta_async_report_run(sb):
 
 
 def _token(sb):
-    return requests.post(f"{sb.url}/token", data={"grant_type": "refresh_token", "client_id": sb.scenario["google_client_id"],
-                                                   "client_secret": sb.scenario["google_client_secret"], "refresh_token": "1//r"}, timeout=5)
+    return requests.post(
+        f"{sb.url}/token",
+        data={
+            "grant_type": "refresh_token",
+            "client_id": sb.scenario["google_client_id"],
+            "client_secret": sb.scenario["google_client_secret"],
+            "refresh_token": "1//r",
+        },
+        timeout=5,
+    )
 
 
 def _stream(sb, customer="1234567890", query=None, token=None, headers=None):
     token = token or _token(sb).json()["access_token"]
-    query = query or (f"SELECT campaign.id, campaign.name, segments.date, metrics.cost_micros, metrics.impressions, metrics.clicks, "
-                      f"metrics.conversions, metrics.conversions_value FROM campaign WHERE segments.date BETWEEN "
-                      f"'{date.today() - timedelta(days=29)}' AND '{date.today()}'")
-    return requests.post(f"{sb.url}/{GV}/customers/{customer}/googleAds:searchStream", json={"query": query},
-                         headers={"Authorization": f"Bearer {token}", **(headers or {})}, timeout=5)
+    query = query or (
+        f"SELECT campaign.id, campaign.name, segments.date, metrics.cost_micros, metrics.impressions, metrics.clicks, "
+        f"metrics.conversions, metrics.conversions_value FROM campaign WHERE segments.date BETWEEN "
+        f"'{date.today() - timedelta(days=29)}' AND '{date.today()}'"
+    )
+    return requests.post(
+        f"{sb.url}/{GV}/customers/{customer}/googleAds:searchStream",
+        json={"query": query},
+        headers={"Authorization": f"Bearer {token}", **(headers or {})},
+        timeout=5,
+    )
 
 
 def test_google_token_endpoint(sb):
     body = _token(sb).json()
     assert body["expires_in"] == 3599 and body["token_type"] == "Bearer" and body["access_token"].startswith("ya29.")
-    bad_client = requests.post(f"{sb.url}/token", data={"grant_type": "refresh_token", "client_id": "x", "client_secret": "y", "refresh_token": "r"}, timeout=5)
+    bad_client = requests.post(
+        f"{sb.url}/token", data={"grant_type": "refresh_token", "client_id": "x", "client_secret": "y", "refresh_token": "r"}, timeout=5
+    )
     assert bad_client.status_code == 401 and bad_client.json()["error"] == "invalid_client"
 
 
@@ -156,10 +192,15 @@ def test_google_multi_batch_and_empty_and_during(sb):
     sb.scenario["google_batch_size"] = 7
     batches = _stream(sb).json()
     assert len(batches) > 1 and all(len(b["results"]) <= 7 for b in batches)
-    future = _stream(sb, query="SELECT campaign.id, segments.date FROM campaign WHERE segments.date BETWEEN '2030-01-01' AND '2030-01-02'").json()
+    future = _stream(
+        sb, query="SELECT campaign.id, segments.date FROM campaign WHERE segments.date BETWEEN '2030-01-01' AND '2030-01-02'"
+    ).json()
     assert future == [{"fieldMask": "campaign.id,segments.date", "requestId": future[0]["requestId"], "queryResourceConsumption": "50"}]
-    during = [r for b in _stream(sb, query="SELECT campaign.id, segments.date FROM campaign WHERE segments.date DURING LAST_30_DAYS").json()
-              for r in b.get("results", [])]
+    during = [
+        r
+        for b in _stream(sb, query="SELECT campaign.id, segments.date FROM campaign WHERE segments.date DURING LAST_30_DAYS").json()
+        for r in b.get("results", [])
+    ]
     assert during and str(date.today()) not in {r["segments"]["date"] for r in during}, "LAST_30_DAYS excludes today"
     customer = _stream(sb, query="SELECT customer.currency_code, customer.time_zone FROM customer").json()
     assert set(customer[0]["results"][0]["customer"]) >= {"currencyCode", "timeZone"}
@@ -215,8 +256,12 @@ def test_meta_page_error_fails_page_two_only():
 
 @pytest.mark.parametrize("kind", ["truncated", "drop", "slow"])
 def test_wire_faults_reach_the_client(kind):
-    with Sandbox({"meta_accounts": {"5": {"faults": [{"kind": kind, "seconds": 1}]}},
-                  "google_customers": {"1111111111": {"faults": [{"kind": kind, "seconds": 1}]}}}) as sb:
+    with Sandbox(
+        {
+            "meta_accounts": {"5": {"faults": [{"kind": kind, "seconds": 1}]}},
+            "google_customers": {"1111111111": {"faults": [{"kind": kind, "seconds": 1}]}},
+        }
+    ) as sb:
         if kind == "truncated":
             with pytest.raises(ValueError):
                 _insights(sb, account="5").json()
@@ -227,7 +272,9 @@ def test_wire_faults_reach_the_client(kind):
                 _insights(sb, account="5")
         else:
             with pytest.raises(requests.Timeout):
-                requests.get(f"{sb.url}/{V}/act_5/insights", params={"access_token": "t", "time_range": _range(), "time_increment": "1"}, timeout=0.3)
+                requests.get(
+                    f"{sb.url}/{V}/act_5/insights", params={"access_token": "t", "time_range": _range(), "time_increment": "1"}, timeout=0.3
+                )
 
 
 GOOGLE_FAULTS = [
@@ -254,12 +301,25 @@ def test_google_faults_reach_the_client(fault, status, code, delay):
 
 
 def test_google_error_inside_a_200_stream_and_revoked_refresh_token():
-    with Sandbox({"revoked_refresh_tokens": ["1//gone"], "google_customers": {"1111111111": {"faults": [{"kind": "error_in_stream"}]}}}) as sb:
+    with Sandbox(
+        {"revoked_refresh_tokens": ["1//gone"], "google_customers": {"1111111111": {"faults": [{"kind": "error_in_stream"}]}}}
+    ) as sb:
         body = _stream(sb, customer="1111111111")
         assert body.status_code == 200 and "error" in body.json()[0]
-        revoked = requests.post(f"{sb.url}/token", data={"grant_type": "refresh_token", "client_id": sb.scenario["google_client_id"],
-                                                          "client_secret": sb.scenario["google_client_secret"], "refresh_token": "1//gone"}, timeout=5)
-        assert revoked.status_code == 400 and revoked.json() == {"error": "invalid_grant", "error_description": "Token has been expired or revoked."}
+        revoked = requests.post(
+            f"{sb.url}/token",
+            data={
+                "grant_type": "refresh_token",
+                "client_id": sb.scenario["google_client_id"],
+                "client_secret": sb.scenario["google_client_secret"],
+                "refresh_token": "1//gone",
+            },
+            timeout=5,
+        )
+        assert revoked.status_code == 400 and revoked.json() == {
+            "error": "invalid_grant",
+            "error_description": "Token has been expired or revoked.",
+        }
 
 
 def test_restatement_changes_numbers_and_drops_a_row():

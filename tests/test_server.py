@@ -1,4 +1,5 @@
 """`emsync serve` on a real loopback port: every endpoint, authentication, overlap, and the same rows as the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -70,9 +71,19 @@ def test_healthz_needs_no_auth(serve):
     assert requests.get(f"{url}/healthz", timeout=5).json() == {"status": "ok"}
 
 
-@pytest.mark.parametrize("method, path", [("POST", "/api/cron/sync-all"), ("POST", "/api/sync/user"), ("GET", "/api/status"), ("GET", "/api/runs/1")])
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-secret"}, {"Authorization": f"Basic {SECRET}"},
-                                     {"Authorization": SECRET}, {"Authorization": f"Bearer {SECRET}x"}])
+@pytest.mark.parametrize(
+    "method, path", [("POST", "/api/cron/sync-all"), ("POST", "/api/sync/user"), ("GET", "/api/status"), ("GET", "/api/runs/1")]
+)
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-secret"},
+        {"Authorization": f"Basic {SECRET}"},
+        {"Authorization": SECRET},
+        {"Authorization": f"Bearer {SECRET}x"},
+    ],
+)
 def test_every_endpoint_requires_the_bearer_secret(serve, method, path, headers):
     url = serve()
     response = requests.request(method, f"{url}{path}", headers=headers, json={"email": "a@example.com"}, timeout=5)
@@ -161,7 +172,10 @@ def test_sync_user_endpoint(serve, cli, make_sandbox):
     assert requests.post(f"{url}/api/sync/user", headers=AUTH, json={"email": "ghost@example.com"}, timeout=5).status_code == 404
     for body in ({}, {"email": 5}, {"email": "not-an-email"}, ["anna@example.com"]):
         assert requests.post(f"{url}/api/sync/user", headers=AUTH, json=body, timeout=5).status_code == 422, body
-    assert requests.post(f"{url}/api/sync/user", headers={**AUTH, "Content-Type": "application/json"}, data="{oops", timeout=5).status_code == 422
+    assert (
+        requests.post(f"{url}/api/sync/user", headers={**AUTH, "Content-Type": "application/json"}, data="{oops", timeout=5).status_code
+        == 422
+    )
 
 
 def test_status_is_the_same_json_as_the_cli(serve, cli, make_sandbox):
@@ -197,7 +211,9 @@ def test_serve_command_starts_and_answers(cli, monkeypatch, tmp_path):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    proc = subprocess.Popen([sys.executable, "-m", "emsync", "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emsync", "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 20
         while True:

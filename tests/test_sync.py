@@ -1,4 +1,5 @@
 """The sync engine on SQLite and PostgreSQL: windows, exact replacement, rollback, isolation, overlapping runs, kill -9."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ from sqlalchemy import text
 
 from .conftest import add_google, add_meta
 from .helpers import expected, integration, quantized, stored, values
-
 
 pytestmark = pytest.mark.usefixtures("any_db")
 
@@ -30,7 +30,10 @@ def test_first_sync_is_full_then_recent_window_then_full_again_when_due(cli, eng
     assert windows[meta] == {"since": str(today - timedelta(days=29)), "until": str(today), "full": True}
     assert windows[google]["full"] is True
     second = _json(cli("sync-all", "--json"))
-    assert {i["id"]: (i["window"]["full"], i["window"]["since"]) for i in second["integrations"]}[meta] == (False, str(today - timedelta(days=2)))
+    assert {i["id"]: (i["window"]["full"], i["window"]["since"]) for i in second["integrations"]}[meta] == (
+        False,
+        str(today - timedelta(days=2)),
+    )
     assert _json(cli("sync-all", "--json", "--full"))["integrations"][0]["window"]["full"] is True
     monkeypatch.setenv("EMSYNC_FULL_SYNC_HOURS", "0")
     assert all(i["window"]["full"] for i in _json(cli("sync-all", "--json"))["integrations"])
@@ -39,7 +42,9 @@ def test_first_sync_is_full_then_recent_window_then_full_again_when_due(cli, eng
     monkeypatch.setenv("EMSYNC_FULL_SYNC_HOURS", "24")
     assert _json(cli("sync-all", "--json"))["integrations"][0]["window"]["since"] == str(today - timedelta(days=1))
     with engine.connect() as conn:
-        attempts = conn.execute(text("SELECT integration_id, full_window, window_start, window_end, rows, api_requests, status FROM sync_attempts ORDER BY id")).all()
+        attempts = conn.execute(
+            text("SELECT integration_id, full_window, window_start, window_end, rows, api_requests, status FROM sync_attempts ORDER BY id")
+        ).all()
     assert len(attempts) == 10 and attempts[0].status == "ok" and attempts[0].rows > 0 and attempts[0].api_requests == 2
 
 
@@ -63,8 +68,13 @@ def test_rows_older_than_the_window_are_kept(cli, engine, make_sandbox):
     meta = add_meta(cli, account="act_1")
     old = date.today() - timedelta(days=90)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO campaign_metrics (integration_id, campaign_id, date, spend, impressions, clicks, conversions, revenue, synced_at) "
-                          "VALUES (:i, 'history', :d, 5, 50, 5, 0, 0, '2026-08-01 00:00:00+00:00')"), {"i": meta, "d": old})
+        conn.execute(
+            text(
+                "INSERT INTO campaign_metrics (integration_id, campaign_id, date, spend, impressions, clicks, conversions, revenue, synced_at) "
+                "VALUES (:i, 'history', :d, 5, 50, 5, 0, 0, '2026-08-01 00:00:00+00:00')"
+            ),
+            {"i": meta, "d": old},
+        )
     assert cli("sync-all", "--full").code == 0
     assert ("history", old) in stored(engine, meta)
 
@@ -86,8 +96,12 @@ def test_failure_mid_fetch_leaves_previous_rows_untouched(cli, engine, make_sand
 
 def test_one_failing_integration_never_stops_the_others(cli, engine, make_sandbox, monkeypatch):
     monkeypatch.setenv("EMSYNC_RETRY_ATTEMPTS", "2")
-    sb = make_sandbox({"meta_accounts": {"2": {"faults": [{"kind": "server_error"}]}},
-                       "google_customers": {"4444444444": {"faults": [{"kind": "not_enabled"}]}}})
+    sb = make_sandbox(
+        {
+            "meta_accounts": {"2": {"faults": [{"kind": "server_error"}]}},
+            "google_customers": {"4444444444": {"faults": [{"kind": "not_enabled"}]}},
+        }
+    )
     ok_meta = add_meta(cli, account="act_1")
     bad_meta = add_meta(cli, account="act_2", token="EAABtoken-2")
     ok_google = add_google(cli, account="3333333333")

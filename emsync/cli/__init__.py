@@ -5,6 +5,7 @@
 serve, secret, demo); ``main`` is the console script and the one place that
 turns errors into a line on stderr and an exit code.
 """
+
 from __future__ import annotations
 
 import sys
@@ -12,7 +13,7 @@ import sys
 import typer
 
 from ..errors import EmsyncError
-from . import admin, sync, ops  # noqa: F401, I001  (register the commands, in the order --help lists them)
+from . import admin, ops, sync  # noqa: F401  (register the commands, in the order --help lists them)
 from .app import app
 
 __all__ = ["app", "main"]

@@ -1,14 +1,14 @@
 """Admin commands: init, users and integrations."""
+
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from ..errors import UserError
 from .app import JsonOpt, app, console, integrations_app, print_json, state, users_app
-
 
 # ---------------------------------------------------------------- init
 
@@ -45,9 +45,10 @@ def init(typer_ctx: typer.Context) -> None:
 
 
 @users_app.command("add")
-def users_add(typer_ctx: typer.Context, 
+def users_add(
+    typer_ctx: typer.Context,
     email: Annotated[str, typer.Argument(help="The user's email (stored lower-cased).")],
-    name: Annotated[Optional[str], typer.Option(help="Display name.")] = None,
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
 ) -> None:
     """Add a user.
 
@@ -81,21 +82,22 @@ def users_list(typer_ctx: typer.Context, json_out: JsonOpt = False) -> None:
 # ---------------------------------------------------------------- integrations
 
 
-def _expiry(value: Optional[str]):
+def _expiry(value: str | None):
     from .. import validate
 
     return None if value is None else validate.expiry(value)
 
 
 @integrations_app.command("add")
-def integrations_add(typer_ctx: typer.Context, 
+def integrations_add(
+    typer_ctx: typer.Context,
     email: Annotated[str, typer.Option(help="Owner's email.")],
     platform: Annotated[str, typer.Option(help="meta or google.")],
     account_id: Annotated[str, typer.Option(help="Meta: act_<digits> or <digits>; Google: 123-456-7890.")],
-    access_token: Annotated[Optional[str], typer.Option(help="Meta long-lived or system-user token.")] = None,
-    token_expires_at: Annotated[Optional[str], typer.Option(help="Meta token expiry, ISO-8601.")] = None,
-    refresh_token: Annotated[Optional[str], typer.Option(help="Google OAuth refresh token.")] = None,
-    login_customer_id: Annotated[Optional[str], typer.Option(help="Google manager (MCC) id, when reached through one.")] = None,
+    access_token: Annotated[str | None, typer.Option(help="Meta long-lived or system-user token.")] = None,
+    token_expires_at: Annotated[str | None, typer.Option(help="Meta token expiry, ISO-8601.")] = None,
+    refresh_token: Annotated[str | None, typer.Option(help="Google OAuth refresh token.")] = None,
+    login_customer_id: Annotated[str | None, typer.Option(help="Google manager (MCC) id, when reached through one.")] = None,
 ) -> None:
     """Add a Meta ad account or a Google Ads customer for a user.
 
@@ -110,8 +112,15 @@ def integrations_add(typer_ctx: typer.Context,
     box = ctx.box()
     with ctx.transaction() as conn:
         row = store.add_integration(
-            conn, box, email=email, platform=platform, account_id=account_id, access_token=access_token,
-            token_expires_at=expires, refresh_token=refresh_token, login_customer_id=login_customer_id,
+            conn,
+            box,
+            email=email,
+            platform=platform,
+            account_id=account_id,
+            access_token=access_token,
+            token_expires_at=expires,
+            refresh_token=refresh_token,
+            login_customer_id=login_customer_id,
         )
     from ..domain import account_label
 
@@ -125,8 +134,8 @@ def integrations_list(typer_ctx: typer.Context, json_out: JsonOpt = False) -> No
     Example: [bold]emsync integrations list[/bold]
     """
     from .. import store
-    from .render import integrations_table
     from ..report import integration_json
+    from .render import integrations_table
 
     with state(typer_ctx).transaction(write=False) as conn:
         rows = store.list_integrations(conn)
@@ -137,12 +146,13 @@ def integrations_list(typer_ctx: typer.Context, json_out: JsonOpt = False) -> No
 
 
 @integrations_app.command("update")
-def integrations_update(typer_ctx: typer.Context, 
+def integrations_update(
+    typer_ctx: typer.Context,
     integration_id: Annotated[int, typer.Argument(metavar="ID", help="Integration id (see 'integrations list').")],
-    access_token: Annotated[Optional[str], typer.Option(help="New Meta token.")] = None,
-    token_expires_at: Annotated[Optional[str], typer.Option(help="Its expiry, ISO-8601.")] = None,
-    refresh_token: Annotated[Optional[str], typer.Option(help="New Google refresh token.")] = None,
-    login_customer_id: Annotated[Optional[str], typer.Option(help="Google manager (MCC) id.")] = None,
+    access_token: Annotated[str | None, typer.Option(help="New Meta token.")] = None,
+    token_expires_at: Annotated[str | None, typer.Option(help="Its expiry, ISO-8601.")] = None,
+    refresh_token: Annotated[str | None, typer.Option(help="New Google refresh token.")] = None,
+    login_customer_id: Annotated[str | None, typer.Option(help="Google manager (MCC) id.")] = None,
 ) -> None:
     """Replace credentials after a user reconnects; clears needs_reauth.
 
@@ -156,8 +166,13 @@ def integrations_update(typer_ctx: typer.Context,
     box = ctx.box()
     with ctx.transaction() as conn:
         row = store.update_credentials(
-            conn, box, integration_id, access_token=access_token, token_expires_at=expires,
-            refresh_token=refresh_token, login_customer_id=login_customer_id,
+            conn,
+            box,
+            integration_id,
+            access_token=access_token,
+            token_expires_at=expires,
+            refresh_token=refresh_token,
+            login_customer_id=login_customer_id,
         )
     print(f"Updated integration {row['id']} ({row['platform']}, {row['email']}); status {row['status']}")
 
@@ -190,7 +205,8 @@ def integrations_enable(typer_ctx: typer.Context, integration_id: Annotated[int,
 
 
 @integrations_app.command("remove")
-def integrations_remove(typer_ctx: typer.Context, 
+def integrations_remove(
+    typer_ctx: typer.Context,
     integration_id: Annotated[int, typer.Argument(metavar="ID")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
@@ -212,5 +228,3 @@ def integrations_remove(typer_ctx: typer.Context,
     with ctx.transaction() as conn:
         deleted = store.remove_integration(conn, integration_id)
     print(f"Removed integration {integration_id} and {deleted} metric rows")
-
-

@@ -1,11 +1,18 @@
 """The Typer application, its sub-apps, and the per-invocation state every command reaches through ``ctx.obj``."""
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from ..config import Settings
 
 app = typer.Typer(
     rich_markup_mode="rich",
@@ -26,18 +33,18 @@ class AppContext:
     def __init__(self, verbose: bool, env_file: str | None):
         self.verbose = verbose
         self.env_file = env_file
-        self._settings = None
-        self._engine = None
+        self._settings: Settings | None = None
+        self._engine: Engine | None = None
 
     @property
-    def settings(self):
+    def settings(self) -> Settings:
         if self._settings is None:
             from ..config import load_settings
 
             self._settings = load_settings(self.env_file)
         return self._settings
 
-    def engine(self, *, check: bool = True, create: bool = False):
+    def engine(self, *, check: bool = True, create: bool = False) -> Engine:
         """The database engine; ``check`` refuses a missing or outdated schema (see ``db.check_schema``)."""
         if self._engine is None:
             from .. import db
@@ -60,7 +67,7 @@ class AppContext:
         from .. import db
 
         try:
-            with (db.write_transaction(self.engine()) if write else self.engine().begin()) as conn:
+            with db.write_transaction(self.engine()) if write else self.engine().begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
             raise db.explain(exc, self.settings.database_url) from None
@@ -74,9 +81,7 @@ class AppContext:
 def _root(
     ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks.")] = False,
-    env_file: Annotated[
-        Optional[str], typer.Option("--env-file", envvar="EMSYNC_ENV_FILE", help="Read settings from this env file.")
-    ] = None,
+    env_file: Annotated[str | None, typer.Option("--env-file", envvar="EMSYNC_ENV_FILE", help="Read settings from this env file.")] = None,
 ) -> None:
     ctx.obj = AppContext(verbose, env_file)
     ctx.call_on_close(ctx.obj.close)

@@ -1,4 +1,5 @@
 """`emsync demo`: the whole job on the embedded default, offline, in a throwaway directory."""
+
 from __future__ import annotations
 
 import shutil
@@ -11,7 +12,7 @@ from ..crypto import TokenBox, new_key
 
 USERS = (("anna@example.com", "Anna Nowak"), ("agency@example.com", "Agency Ops"))
 # (email, platform, account id, token, extra); one Meta token is revoked so the status shows a failure.
-INTEGRATIONS = (
+INTEGRATIONS: tuple[tuple[str, str, str, str, dict[str, str]], ...] = (
     ("anna@example.com", "meta", "act_1010101", "EAADemoAnnaToken", {}),
     ("anna@example.com", "google", "123-456-7890", "1//demo-anna-refresh", {}),
     ("agency@example.com", "meta", "act_2020202", "EAADemoPixelOnlyToken", {}),
@@ -27,13 +28,13 @@ SCENARIO = {
 
 
 def run_demo(*, keep: bool = False) -> int:
+    from rich.console import Console
+
     from .. import db, store
     from ..report import build_status
     from ..sandbox import Sandbox
     from .render import print_status
     from .sync import run_with_output
-
-    from rich.console import Console
 
     console = Console() if sys.stdout.isatty() else Console(width=200)
     workdir = Path(tempfile.mkdtemp(prefix="emsync-demo-"))
@@ -42,21 +43,37 @@ def run_demo(*, keep: bool = False) -> int:
         with Sandbox(SCENARIO) as sandbox:
             env = sandbox.env()
             settings = Settings(
-                database_url=f"sqlite:///{database}", secret_key=new_key(), concurrency=4, http_timeout=10, retry_attempts=2,
-                retry_max_wait=2, meta_graph_url=env["META_GRAPH_URL"], meta_app_id=env["META_APP_ID"],
-                meta_app_secret=env["META_APP_SECRET"], google_ads_api_url=env["GOOGLE_ADS_API_URL"],
-                google_oauth_token_url=env["GOOGLE_OAUTH_TOKEN_URL"], google_oauth_client_id=env["GOOGLE_OAUTH_CLIENT_ID"],
+                database_url=f"sqlite:///{database}",
+                secret_key=new_key(),
+                concurrency=4,
+                http_timeout=10,
+                retry_attempts=2,
+                retry_max_wait=2,
+                meta_graph_url=env["META_GRAPH_URL"],
+                meta_app_id=env["META_APP_ID"],
+                meta_app_secret=env["META_APP_SECRET"],
+                google_ads_api_url=env["GOOGLE_ADS_API_URL"],
+                google_oauth_token_url=env["GOOGLE_OAUTH_TOKEN_URL"],
+                google_oauth_client_id=env["GOOGLE_OAUTH_CLIENT_ID"],
                 google_oauth_client_secret=env["GOOGLE_OAUTH_CLIENT_SECRET"],
             )
             engine = db.make_engine(settings.database_url, create=True)
             db.upgrade(engine, settings.database_url)
-            box = TokenBox(settings.secret_key)
+            box = TokenBox(settings.require_secret_key())
             with db.write_transaction(engine) as conn:
                 for email, name in USERS:
                     store.add_user(conn, email, name)
                 for email, platform, account, token, extra in INTEGRATIONS:
-                    credential = {"access_token": token} if platform == "meta" else {"refresh_token": token}
-                    store.add_integration(conn, box, email=email, platform=platform, account_id=account, **credential, **extra)
+                    store.add_integration(
+                        conn,
+                        box,
+                        email=email,
+                        platform=platform,
+                        account_id=account,
+                        access_token=token if platform == "meta" else None,
+                        refresh_token=token if platform == "google" else None,
+                        login_customer_id=extra.get("login_customer_id"),
+                    )
             console.print(f"[bold]emsync demo[/]: sandbox APIs on {sandbox.url}, database {database}\n")
             run_with_output(settings, engine, verbose=False, trigger="demo")
             with engine.begin() as conn:

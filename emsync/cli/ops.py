@@ -1,7 +1,8 @@
 """Operating commands: status, sandbox, serve, secret, demo."""
+
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -42,7 +43,7 @@ def status(
 @app.command()
 def sandbox(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 0,
-    scenario: Annotated[Optional[str], typer.Option(help="A JSON scenario file (accounts, campaigns, faults).")] = None,
+    scenario: Annotated[str | None, typer.Option(help="A JSON scenario file (accounts, campaigns, faults).")] = None,
     latency_ms: Annotated[int, typer.Option(help="Added latency per request, milliseconds.")] = 0,
 ) -> None:
     """Run the bundled fake Meta and Google Ads APIs until Ctrl-C, and print the settings that point emsync at them.
@@ -57,7 +58,9 @@ def sandbox(
 @app.command()
 def serve(
     typer_ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Address to bind (loopback by default; put a TLS proxy in front for anything else).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind (loopback by default; put a TLS proxy in front for anything else).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8787,
 ) -> None:
     """Serve the HTTP trigger: POST /api/cron/sync-all, POST /api/sync/user, GET /api/status, GET /api/runs/ID, GET /healthz.
@@ -67,7 +70,8 @@ def serve(
     Example: [bold]emsync serve --port 8787[/bold]
     """
     try:
-        from ..server import check_secret, serve as run_server
+        from ..server import check_secret
+        from ..server import serve as run_server
     except ImportError:
         raise UserError("emsync serve needs the server extra: pip install 'emsync[server]'") from None
     if not 1 <= port <= 65535:
@@ -101,5 +105,3 @@ def demo(
     from .demo import run_demo
 
     raise typer.Exit(run_demo(keep=keep))
-
-

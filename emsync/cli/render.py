@@ -1,8 +1,9 @@
 """Rich tables and the progress display. Only the CLI layer calls this module."""
+
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.table import Table
@@ -10,13 +11,20 @@ from rich.table import Table
 from ..domain import account_label
 
 RUN_STYLE = {"ok": "[green]ok[/]", "failed": "[red]failed[/]", "died": "[red]died[/]", "running": "[cyan]running[/]"}
-STATUS_STYLE = {"ok": "green", "never_synced": "dim", "error": "red", "needs_reauth": "bold red", "rate_limited": "yellow", "skipped": "dim"}
+STATUS_STYLE = {
+    "ok": "green",
+    "never_synced": "dim",
+    "error": "red",
+    "needs_reauth": "bold red",
+    "rate_limited": "yellow",
+    "skipped": "dim",
+}
 
 
 def _when(value: datetime | None) -> str:
     if value is None:
         return "—"
-    delta = datetime.now(timezone.utc) - value
+    delta = datetime.now(UTC) - value
     seconds = int(delta.total_seconds())
     if seconds < 0:
         return value.strftime("%Y-%m-%d %H:%M")
@@ -55,8 +63,14 @@ def integrations_table(rows: list[dict]) -> Table:
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
-            str(r["id"]), r["email"], r["platform"], account_label(r["platform"], r["account_id"]), "yes" if r["is_active"] else "no", _status(r["status"]),
-            _when(r["last_synced_at"]), r["token_expires_at"].strftime("%Y-%m-%d") if r["token_expires_at"] else "—",
+            str(r["id"]),
+            r["email"],
+            r["platform"],
+            account_label(r["platform"], r["account_id"]),
+            "yes" if r["is_active"] else "no",
+            _status(r["status"]),
+            _when(r["last_synced_at"]),
+            r["token_expires_at"].strftime("%Y-%m-%d") if r["token_expires_at"] else "—",
             _one_line(r["last_error"], 50),
         )
     return table
@@ -64,7 +78,18 @@ def integrations_table(rows: list[dict]) -> Table:
 
 def print_status(console: Console, report: dict) -> None:
     table = Table(title=f"Integrations — {report['database']}")
-    for col in ("id", "user", "platform", "account", "status", "last success", "rows in window", "token expires", "rate limited until", "last error"):
+    for col in (
+        "id",
+        "user",
+        "platform",
+        "account",
+        "status",
+        "last success",
+        "rows in window",
+        "token expires",
+        "rate limited until",
+        "last error",
+    ):
         table.add_column(col, overflow="fold")
     for i in report["integrations"]:
         expires = i["token_expires_at"]
@@ -72,8 +97,16 @@ def print_status(console: Console, report: dict) -> None:
         limited = i["rate_limited_until"].strftime("%Y-%m-%d %H:%M") if i["rate_limited_until"] and i["status"] == "rate_limited" else "—"
         status = _status(i["status"]) if i["is_active"] else "[dim]disabled[/]"
         table.add_row(
-            str(i["id"]), i["email"], i["platform"], i["account"], status, _when(i["last_synced_at"]),
-            str(i["rows_in_window"]), expiry, limited, _one_line(i["last_error"], 60),
+            str(i["id"]),
+            i["email"],
+            i["platform"],
+            i["account"],
+            status,
+            _when(i["last_synced_at"]),
+            str(i["rows_in_window"]),
+            expiry,
+            limited,
+            _one_line(i["last_error"], 60),
         )
     console.print(table)
     runs = Table(title="Last runs")
@@ -81,9 +114,16 @@ def print_status(console: Console, report: dict) -> None:
         runs.add_column(col)
     for r in report["runs"]:
         runs.add_row(
-            str(r["id"]), _when(r["started_at"]), r["trigger"], r["host"],
-            f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "—", RUN_STYLE.get(r["status"], r["status"]),
-            str(r["succeeded"]), str(r["failed"]), str(r["skipped"]), str(r["rows"]),
+            str(r["id"]),
+            _when(r["started_at"]),
+            r["trigger"],
+            r["host"],
+            f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "—",
+            RUN_STYLE.get(r["status"], r["status"]),
+            str(r["succeeded"]),
+            str(r["failed"]),
+            str(r["skipped"]),
+            str(r["rows"]),
         )
     console.print(runs)
     for warning in report["warnings"]:

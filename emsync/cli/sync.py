@@ -1,10 +1,11 @@
 """`sync-all` and `sync-user`, and how a run looks: a progress bar on a terminal, plain log lines for cron,
 JSON for machines, nothing but failures with ``--quiet``."""
+
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,12 +15,10 @@ from .app import JsonOpt, app, print_json, state
 
 log = logging.getLogger("emsync")
 
-PlatformOpt = Annotated[Optional[str], typer.Option("--platform", help="Only meta or only google.")]
+PlatformOpt = Annotated[str | None, typer.Option("--platform", help="Only meta or only google.")]
 FullOpt = Annotated[bool, typer.Option("--full", help="Re-fetch the whole lookback window.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing unless something failed (for cron).")]
-TriggerOpt = Annotated[
-    Optional[str], typer.Option("--trigger", help="Recorded on the run: cron, manual (default: cron without a terminal).")
-]
+TriggerOpt = Annotated[str | None, typer.Option("--trigger", help="Recorded on the run: cron, manual (default: cron without a terminal).")]
 
 
 @app.command("sync-all")
@@ -65,8 +64,17 @@ def _run(typer_ctx: typer.Context, email, platform, full: bool, json_out: bool, 
 
     ctx = state(typer_ctx)
     platform = None if platform is None else validate.platform(platform)
-    code = run_with_output(ctx.settings, ctx.engine(), verbose=ctx.verbose, email=email, platform=platform, full=full,
-                           json_out=json_out, quiet=quiet, trigger=trigger)
+    code = run_with_output(
+        ctx.settings,
+        ctx.engine(),
+        verbose=ctx.verbose,
+        email=email,
+        platform=platform,
+        full=full,
+        json_out=json_out,
+        quiet=quiet,
+        trigger=trigger,
+    )
     raise typer.Exit(code)
 
 
@@ -81,8 +89,9 @@ class _Buffer(logging.Handler):
         self.lines.append(self.format(record))
 
 
-def run_with_output(settings, engine, *, verbose: bool, email=None, platform=None, full=False, json_out=False, quiet=False,
-                    trigger=None) -> int:
+def run_with_output(
+    settings, engine, *, verbose: bool, email=None, platform=None, full=False, json_out=False, quiet=False, trigger=None
+) -> int:
     """Run the engine with the output mode the invocation asked for; returns the exit code."""
     from ..sync import Syncer, SyncOptions
 

@@ -1,4 +1,5 @@
 """What both connectors share beyond the HTTP layer."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta

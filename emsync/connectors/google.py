@@ -1,10 +1,12 @@
 """Google Ads API over REST: one searchStream per customer → ``InsightRow``. Never touches the database."""
+
 from __future__ import annotations
 
 import logging
 import re
 from datetime import date, timedelta
 from decimal import Decimal
+from typing import NoReturn
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..config import Settings
@@ -77,7 +79,8 @@ def _retry_delay(error: dict) -> float | None:
 
 
 def _failures(error: dict) -> tuple[list[dict], str | None]:
-    failures, request_id = [], None
+    failures: list[dict] = []
+    request_id = None
     for detail in error.get("details") or []:
         failures.extend(detail.get("errors") or [])
         request_id = request_id or detail.get("requestId")
@@ -160,7 +163,7 @@ class GoogleConnector:
             error = next((b.get("error") for b in body if isinstance(b, dict) and "error" in b), None)
         self._raise(error if isinstance(error, dict) else {}, response.status_code, account)
 
-    def _raise(self, error: dict, http_status: int, account: Account):
+    def _raise(self, error: dict, http_status: int, account: Account) -> NoReturn:
         failures, request_id = _failures(error)
         codes = _codes(failures)
         status = error.get("status", "")
@@ -191,7 +194,9 @@ class GoogleConnector:
                 headers["login-customer-id"] = account.login_customer_id
             if s.google_ads_developer_token:
                 headers["developer-token"] = s.google_ads_developer_token
-            return self.api.send("POST", url, json={"query": query}, headers=headers, classify=lambda response: self._classify(response, account))
+            return self.api.send(
+                "POST", url, json={"query": query}, headers=headers, classify=lambda response: self._classify(response, account)
+            )
 
         try:
             return send()

@@ -1,4 +1,5 @@
 """Meta Marketing API: daily campaign insights → ``InsightRow``. Knows the Graph API, never the database."""
+
 from __future__ import annotations
 
 import hashlib
@@ -123,6 +124,12 @@ def parse_row(item: dict, types: tuple[str, ...]) -> InsightRow:
     )
 
 
+def _token(creds: Credentials) -> str:
+    if not creds.access_token:
+        raise NeedsReauth("the integration has no Meta access token: reconnect it")
+    return creds.access_token
+
+
 class MetaConnector:
     platform = "meta"
 
@@ -137,9 +144,7 @@ class MetaConnector:
     def _auth(self, token: str) -> dict:
         params = {"access_token": token}
         if self.settings.meta_app_secret:
-            params["appsecret_proof"] = hmac.new(
-                self.settings.meta_app_secret.encode(), token.encode(), hashlib.sha256
-            ).hexdigest()
+            params["appsecret_proof"] = hmac.new(self.settings.meta_app_secret.encode(), token.encode(), hashlib.sha256).hexdigest()
         return params
 
     def _get(self, url: str, params: dict, token: str) -> dict:
@@ -174,7 +179,11 @@ class MetaConnector:
         if code in RATE_LIMIT_CODES or sub == 2446079:
             _, wait = usage(response.headers)
             if wait > self.api.max_wait:
-                raise RateLimited(f"{label} (access returns in {wait / 60:.0f} min)", retry_at=self.clock.now() + timedelta(seconds=wait), request_id=trace)
+                raise RateLimited(
+                    f"{label} (access returns in {wait / 60:.0f} min)",
+                    retry_at=self.clock.now() + timedelta(seconds=wait),
+                    request_id=trace,
+                )
             raise RetryableError(label, wait=wait or None, rate_limit=True, request_id=trace)
         if (code == 1 and "reduce the amount of data" in message.lower()) or (code, sub) in ((100, 1504018), (2, 1504038)):
             raise NeedsAsyncReport(label, request_id=trace)
@@ -209,7 +218,7 @@ class MetaConnector:
         log.info("renewed the Meta access token; it now expires %s", creds.token_expires_at.date() if creds.token_expires_at else "never")
 
     def account_info(self, account: Account, creds: Credentials) -> AccountInfo:
-        body = self._get(f"{self.base}/act_{account.account_id}", {"fields": "currency,timezone_name,name,account_status"}, creds.access_token)
+        body = self._get(f"{self.base}/act_{account.account_id}", {"fields": "currency,timezone_name,name,account_status"}, _token(creds))
         return AccountInfo(currency=body.get("currency"), time_zone=body.get("timezone_name"), name=body.get("name"))
 
     def fetch(self, account: Account, window: SyncWindow, creds: Credentials) -> Fetched:
@@ -222,10 +231,10 @@ class MetaConnector:
         }
         url = f"{self.base}/act_{account.account_id}/insights"
         try:
-            return Fetched(self._pages(url, params, creds.access_token))
+            return Fetched(self._pages(url, params, _token(creds)))
         except NeedsAsyncReport as exc:
             log.info("act_%s: %s; using an async report run", account.account_id, exc)
-            return Fetched(self._async_report(url, params, creds.access_token))
+            return Fetched(self._async_report(url, params, _token(creds)))
 
     # ---------------------------------------------------------------- paging and async runs
 

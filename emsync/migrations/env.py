@@ -2,10 +2,11 @@
 
 The caller hands over an open connection in ``config.attributes["connection"]``.
 """
+
 from alembic import context
+from sqlmodel import SQLModel
 
 from emsync import models  # noqa: F401  (registers the tables on the metadata)
-from sqlmodel import SQLModel
 
 target_metadata = SQLModel.metadata
 

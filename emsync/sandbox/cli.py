@@ -1,4 +1,5 @@
 """`emsync sandbox`: run the fake APIs by hand."""
+
 from __future__ import annotations
 
 import json

@@ -4,12 +4,13 @@
 a little and drops one row, as the platforms do when late conversions and
 invalid-click credits arrive.
 """
+
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import date, timedelta
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,9 @@ def campaign_ids(platform: str, account_id: str, count: int) -> list[tuple[str, 
 
 
 @lru_cache(maxsize=4096)
-def day_stats(seed: int, platform: str, account_id: str, campaigns: int, since: date, until: date, *,
-              today: date, version: int = 0) -> list[DayStats]:
+def day_stats(
+    seed: int, platform: str, account_id: str, campaigns: int, since: date, until: date, *, today: date, version: int = 0
+) -> list[DayStats]:
     """Rows for every campaign and day in [since, until] that had delivery, ordered by day then campaign.
 
     Cached: later pages of the same query must not regenerate it (the sandbox shares the machine with emsync).
@@ -73,8 +75,14 @@ def _one(seed: int, platform: str, account_id: str, cid: str, name: str, day: da
 
 def _restated(stats: DayStats, version: int) -> DayStats:
     return DayStats(
-        stats.campaign_id, stats.campaign_name, stats.day,
-        stats.impressions + 7 * version, stats.clicks + version, stats.spend_cents + 13 * version,
-        stats.extra_micros, stats.purchases + version, stats.purchase_value_cents + 1999 * version,
+        stats.campaign_id,
+        stats.campaign_name,
+        stats.day,
+        stats.impressions + 7 * version,
+        stats.clicks + version,
+        stats.spend_cents + 13 * version,
+        stats.extra_micros,
+        stats.purchases + version,
+        stats.purchase_value_cents + 1999 * version,
         stats.fractional_conversions,
     )

@@ -1,4 +1,5 @@
 """The sandbox's Google Ads REST API (searchStream over GAQL) and Google's OAuth token endpoint."""
+
 from __future__ import annotations
 
 import json
@@ -15,18 +16,27 @@ LE = re.compile(r"segments\.date\s*<=\s*'(\d{4}-\d{2}-\d{2})'", re.I)
 DURING = re.compile(r"segments\.date\s+DURING\s+([A-Z_0-9]+)", re.I)
 SELECT = re.compile(r"^\s*SELECT\s+(.+?)\s+FROM\s+([a-z_]+)", re.I | re.S)
 FAILURE_TYPE = "type.googleapis.com/google.ads.googleads.{version}.errors.GoogleAdsFailure"
-PERMISSION_MESSAGE = ("User doesn't have permission to access customer. Note: If you're accessing a client customer, the manager's "
-                      "customer id must be set in the 'login-customer-id' header. See "
-                      "https://developers.google.com/google-ads/api/docs/concepts/call-structure#cid")
+PERMISSION_MESSAGE = (
+    "User doesn't have permission to access customer. Note: If you're accessing a client customer, the manager's "
+    "customer id must be set in the 'login-customer-id' header. See "
+    "https://developers.google.com/google-ads/api/docs/concepts/call-structure#cid"
+)
 
 
-def failure(version: str, http: int, status: str, top: str, code: dict, message: str, *, details: dict | None = None,
-            request_id: str | None = None) -> dict:
+def failure(
+    version: str, http: int, status: str, top: str, code: dict, message: str, *, details: dict | None = None, request_id: str | None = None
+) -> dict:
     error = {"errorCode": code, "message": message}
     if details:
         error["details"] = details
-    return {"error": {"code": http, "message": top, "status": status, "details": [
-        {"@type": FAILURE_TYPE.format(version=version), "errors": [error], "requestId": request_id or new_id()[:22]}]}}
+    return {
+        "error": {
+            "code": http,
+            "message": top,
+            "status": status,
+            "details": [{"@type": FAILURE_TYPE.format(version=version), "errors": [error], "requestId": request_id or new_id()[:22]}],
+        }
+    }
 
 
 def _stream_error(version: str, http: int, *args, **kwargs) -> Response:
@@ -48,8 +58,13 @@ def token(sb: Sandbox, req: Request) -> tuple[str, str | None, Response]:
     ttl = int(s["google_token_ttl"])
     sb.google_access_tokens[access] = time.time() + ttl
     sb.google_token_owner[access] = refresh
-    return "google.token", None, Response(200, {"access_token": access, "expires_in": ttl,
-                                                 "scope": "https://www.googleapis.com/auth/adwords", "token_type": "Bearer"})
+    return (
+        "google.token",
+        None,
+        Response(
+            200, {"access_token": access, "expires_in": ttl, "scope": "https://www.googleapis.com/auth/adwords", "token_type": "Bearer"}
+        ),
+    )
 
 
 def search_stream(sb: Sandbox, req: Request) -> tuple[str, str | None, Response]:
@@ -66,25 +81,62 @@ def _search(sb: Sandbox, req: Request, version: str, customer: str) -> Response:
     expires = sb.google_access_tokens.get(access)
     if sb.google_token_owner.get(access) in sb.scenario["revoked_refresh_tokens"]:
         # revoking a refresh token revokes the access tokens issued from it
-        return _stream_error(version, 401, "UNAUTHENTICATED", "Request had invalid authentication credentials.",
-                             {"authenticationError": "OAUTH_TOKEN_REVOKED"}, "Oauth token is revoked.")
+        return _stream_error(
+            version,
+            401,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+            {"authenticationError": "OAUTH_TOKEN_REVOKED"},
+            "Oauth token is revoked.",
+        )
     if expires is None or expires < time.time():
         reason = "OAUTH_TOKEN_EXPIRED" if expires is not None else "OAUTH_TOKEN_INVALID"
-        return _stream_error(version, 401, "UNAUTHENTICATED", "Request had invalid authentication credentials.",
-                             {"authenticationError": reason}, "Oauth token is expired." if expires else "Oauth token is invalid.")
+        return _stream_error(
+            version,
+            401,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+            {"authenticationError": reason},
+            "Oauth token is expired." if expires else "Oauth token is invalid.",
+        )
     account = sb.account("google", customer)
     if account is None:
-        return _stream_error(version, 403, "PERMISSION_DENIED", "The caller does not have permission",
-                             {"authorizationError": "USER_PERMISSION_DENIED"}, PERMISSION_MESSAGE)
+        return _stream_error(
+            version,
+            403,
+            "PERMISSION_DENIED",
+            "The caller does not have permission",
+            {"authorizationError": "USER_PERMISSION_DENIED"},
+            PERMISSION_MESSAGE,
+        )
     manager = account.get("manager")
     if manager and req.headers.get("login-customer-id") != manager:
-        return _stream_error(version, 403, "PERMISSION_DENIED", "The caller does not have permission",
-                             {"authorizationError": "USER_PERMISSION_DENIED"}, PERMISSION_MESSAGE)
+        return _stream_error(
+            version,
+            403,
+            "PERMISSION_DENIED",
+            "The caller does not have permission",
+            {"authorizationError": "USER_PERMISSION_DENIED"},
+            PERMISSION_MESSAGE,
+        )
     common = apply_common_faults(sb, "google", customer, "search_stream")
     if common is not None:
         return common
-    fault = sb.take_fault("google", customer, "search_stream", (
-        "rate_limit", "quota_exhausted", "server_error", "unauthenticated", "permission_denied", "not_enabled", "error_in_stream", "bad_query"))
+    fault = sb.take_fault(
+        "google",
+        customer,
+        "search_stream",
+        (
+            "rate_limit",
+            "quota_exhausted",
+            "server_error",
+            "unauthenticated",
+            "permission_denied",
+            "not_enabled",
+            "error_in_stream",
+            "bad_query",
+        ),
+    )
     if fault is not None:
         answer = _fault(version, fault)
         if answer is not None:
@@ -99,36 +151,93 @@ def _search(sb: Sandbox, req: Request, version: str, customer: str) -> Response:
 def _fault(version: str, fault: dict) -> Response | None:
     kind = fault["kind"]
     if kind == "rate_limit":
-        return _stream_error(version, 429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).",
-                             {"quotaError": "RESOURCE_TEMPORARILY_EXHAUSTED"}, "Too many requests. Retry in a few seconds.",
-                             details={"quotaErrorDetails": {"rateScope": "ACCOUNT", "rateName": "Requests per account",
-                                                            "retryDelay": f"{int(fault.get('retry_seconds', 2))}s"}})
+        return _stream_error(
+            version,
+            429,
+            "RESOURCE_EXHAUSTED",
+            "Resource has been exhausted (e.g. check quota).",
+            {"quotaError": "RESOURCE_TEMPORARILY_EXHAUSTED"},
+            "Too many requests. Retry in a few seconds.",
+            details={
+                "quotaErrorDetails": {
+                    "rateScope": "ACCOUNT",
+                    "rateName": "Requests per account",
+                    "retryDelay": f"{int(fault.get('retry_seconds', 2))}s",
+                }
+            },
+        )
     if kind == "quota_exhausted":
-        return _stream_error(version, 429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).",
-                             {"quotaError": "RESOURCE_EXHAUSTED"}, "Number of operations for basic access has been exceeded.",
-                             details={"quotaErrorDetails": {"rateScope": "DEVELOPER", "rateName": "Number of operations for basic access",
-                                                            "retryDelay": f"{int(fault.get('retry_seconds', 40591))}s"}})
+        return _stream_error(
+            version,
+            429,
+            "RESOURCE_EXHAUSTED",
+            "Resource has been exhausted (e.g. check quota).",
+            {"quotaError": "RESOURCE_EXHAUSTED"},
+            "Number of operations for basic access has been exceeded.",
+            details={
+                "quotaErrorDetails": {
+                    "rateScope": "DEVELOPER",
+                    "rateName": "Number of operations for basic access",
+                    "retryDelay": f"{int(fault.get('retry_seconds', 40591))}s",
+                }
+            },
+        )
     if kind == "server_error":
         status = int(fault.get("status", 500))
         name = {500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}.get(status, "INTERNAL")
-        return _stream_error(version, status, name, "Internal error encountered.", {"internalError": "INTERNAL_ERROR"},
-                             "An internal error has occurred.")
+        return _stream_error(
+            version, status, name, "Internal error encountered.", {"internalError": "INTERNAL_ERROR"}, "An internal error has occurred."
+        )
     if kind == "unauthenticated":
-        return _stream_error(version, 401, "UNAUTHENTICATED", "Request had invalid authentication credentials.",
-                             {"authenticationError": "OAUTH_TOKEN_REVOKED"}, "Oauth token is revoked.")
+        return _stream_error(
+            version,
+            401,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+            {"authenticationError": "OAUTH_TOKEN_REVOKED"},
+            "Oauth token is revoked.",
+        )
     if kind == "permission_denied":
-        return _stream_error(version, 403, "PERMISSION_DENIED", "The caller does not have permission",
-                             {"authorizationError": "USER_PERMISSION_DENIED"}, PERMISSION_MESSAGE)
+        return _stream_error(
+            version,
+            403,
+            "PERMISSION_DENIED",
+            "The caller does not have permission",
+            {"authorizationError": "USER_PERMISSION_DENIED"},
+            PERMISSION_MESSAGE,
+        )
     if kind == "not_enabled":
-        return _stream_error(version, 403, "PERMISSION_DENIED", "The caller does not have permission",
-                             {"authorizationError": "CUSTOMER_NOT_ENABLED"},
-                             "The customer account can't be accessed because it is not yet enabled or has been deactivated.")
+        return _stream_error(
+            version,
+            403,
+            "PERMISSION_DENIED",
+            "The caller does not have permission",
+            {"authorizationError": "CUSTOMER_NOT_ENABLED"},
+            "The customer account can't be accessed because it is not yet enabled or has been deactivated.",
+        )
     if kind == "bad_query":
-        return _stream_error(version, 400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
-                             {"queryError": "UNRECOGNIZED_FIELD"}, "Error in SELECT clause: invalid field name 'campaign.nme'.")
+        return _stream_error(
+            version,
+            400,
+            "INVALID_ARGUMENT",
+            "Request contains an invalid argument.",
+            {"queryError": "UNRECOGNIZED_FIELD"},
+            "Error in SELECT clause: invalid field name 'campaign.nme'.",
+        )
     if kind == "error_in_stream":
-        return Response(200, [failure(version, 500, "INTERNAL", "Internal error encountered.", {"internalError": "TRANSIENT_ERROR"},
-                                      "A transient internal error has occurred.")])
+        return Response(
+            200,
+            [
+                failure(
+                    version,
+                    500,
+                    "INTERNAL",
+                    "Internal error encountered.",
+                    {"internalError": "TRANSIENT_ERROR"},
+                    "A transient internal error has occurred.",
+                )
+            ],
+        )
     return None
 
 
@@ -151,35 +260,64 @@ def _answer(sb: Sandbox, version: str, customer: str, account: dict, query: str)
     request_id = new_id()[:22]
     select = SELECT.match(query)
     if not select:
-        return _stream_error(version, 400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
-                             {"queryError": "PROHIBITED_RESOURCE_TYPE_IN_SELECT_CLAUSE"}, "Error in query: unexpected input.")
+        return _stream_error(
+            version,
+            400,
+            "INVALID_ARGUMENT",
+            "Request contains an invalid argument.",
+            {"queryError": "PROHIBITED_RESOURCE_TYPE_IN_SELECT_CLAUSE"},
+            "Error in query: unexpected input.",
+        )
     fields = [f.strip() for f in select.group(1).split(",")]
     resource = select.group(2).lower()
     mask = ",".join(_camel(f) for f in fields)
     if resource == "customer":
-        row = {"customer": {"resourceName": f"customers/{customer}", "currencyCode": account["currency"], "timeZone": account["timezone"],
-                            "descriptiveName": account["name"], "id": customer}}
+        row = {
+            "customer": {
+                "resourceName": f"customers/{customer}",
+                "currencyCode": account["currency"],
+                "timeZone": account["timezone"],
+                "descriptiveName": account["name"],
+                "id": customer,
+            }
+        }
         return Response(200, [{"results": [row], "fieldMask": mask, "requestId": request_id, "queryResourceConsumption": "1"}])
     if resource != "campaign":
-        return _stream_error(version, 400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
-                             {"queryError": "BAD_RESOURCE_TYPE_IN_FROM_CLAUSE"}, f"Unsupported resource in sandbox: {resource}")
+        return _stream_error(
+            version,
+            400,
+            "INVALID_ARGUMENT",
+            "Request contains an invalid argument.",
+            {"queryError": "BAD_RESOURCE_TYPE_IN_FROM_CLAUSE"},
+            f"Unsupported resource in sandbox: {resource}",
+        )
     today = sb.today(account["timezone"])
     span = _dates(query, today)
-    if span is None and "segments.date" in select.group(1):
-        return _stream_error(version, 400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
-                             {"queryError": "EXPECTED_FILTERS_ON_DATE_RANGE"},
-                             "A date range must be specified in the WHERE clause when segments.date is selected.")
+    if span is None:  # the sandbox serves campaign metrics per day only
+        return _stream_error(
+            version,
+            400,
+            "INVALID_ARGUMENT",
+            "Request contains an invalid argument.",
+            {"queryError": "EXPECTED_FILTERS_ON_DATE_RANGE"},
+            "A date range must be specified in the WHERE clause when segments.date is selected.",
+        )
     version_n = sb.next_call("google", customer, "restate") if account.get("restate") else 0
     stats = day_stats(sb.scenario["seed"], "google", customer, int(account["campaigns"]), span[0], span[1], today=today, version=version_n)
     customer_fields = {_camel(f.split(".", 1)[1]) for f in fields if f.startswith("customer.")}
-    customer_values = {"id": customer, "currencyCode": account["currency"], "timeZone": account["timezone"], "descriptiveName": account["name"]}
+    customer_values = {
+        "id": customer,
+        "currencyCode": account["currency"],
+        "timeZone": account["timezone"],
+        "descriptiveName": account["name"],
+    }
     rows = [_row(customer, s, account) for s in stats]
     if customer_fields:  # selected customer fields come back on every row, as the API does
         extra = {"resourceName": f"customers/{customer}", **{k: v for k, v in customer_values.items() if k in customer_fields}}
         for row in rows:
             row["customer"] = extra
     size = int(sb.scenario["google_batch_size"])
-    batches = [{"results": rows[i: i + size], "fieldMask": mask, "requestId": request_id} for i in range(0, len(rows), size)]
+    batches = [{"results": rows[i : i + size], "fieldMask": mask, "requestId": request_id} for i in range(0, len(rows), size)]
     if not batches:
         batches = [{"fieldMask": mask, "requestId": request_id}]
     batches[-1]["queryResourceConsumption"] = str(50 + len(rows))
@@ -195,8 +333,12 @@ def _row(customer: str, s, account: dict) -> dict:
         "conversionsValue": (s.purchase_value_cents / 100) or None,
     }
     return {
-        "campaign": {"resourceName": f"customers/{customer}/campaigns/{s.campaign_id}", "id": s.campaign_id,
-                     "name": s.campaign_name, "status": "ENABLED"},
+        "campaign": {
+            "resourceName": f"customers/{customer}/campaigns/{s.campaign_id}",
+            "id": s.campaign_id,
+            "name": s.campaign_name,
+            "status": "ENABLED",
+        },
         "metrics": {k: v for k, v in metrics.items() if v is not None},  # proto3 JSON omits zeros
         "segments": {"date": s.day.isoformat()},
     }

@@ -1,4 +1,5 @@
 """The sandbox's Meta Graph API: insights (sync and async), ad account, token exchange, debug_token."""
+
 from __future__ import annotations
 
 import base64
@@ -15,14 +16,36 @@ from .server import Request, Response, Sandbox, apply_common_faults, new_id
 
 VERSION = re.compile(r"^/(v\d+(?:\.\d+)?)/(.+)$")
 INSIGHT_FIELDS = {
-    "campaign_id", "campaign_name", "spend", "impressions", "clicks", "actions", "action_values", "account_currency",
-    "account_id", "account_name", "date_start", "date_stop", "ctr", "cpc", "reach", "frequency",
+    "campaign_id",
+    "campaign_name",
+    "spend",
+    "impressions",
+    "clicks",
+    "actions",
+    "action_values",
+    "account_currency",
+    "account_id",
+    "account_name",
+    "date_start",
+    "date_stop",
+    "ctr",
+    "cpc",
+    "reach",
+    "frequency",
 }
 PURCHASE_TYPES = ("omni_purchase", "purchase", "offsite_conversion.fb_pixel_purchase")
 
 
-def error(status: int, code: int, message: str, *, kind: str = "OAuthException", subcode: int | None = None,
-          transient: bool | None = None, headers: dict | None = None) -> Response:
+def error(
+    status: int,
+    code: int,
+    message: str,
+    *,
+    kind: str = "OAuthException",
+    subcode: int | None = None,
+    transient: bool | None = None,
+    headers: dict | None = None,
+) -> Response:
     body = {"message": message, "type": kind, "code": code}
     if subcode is not None:
         body["error_subcode"] = subcode
@@ -33,8 +56,18 @@ def error(status: int, code: int, message: str, *, kind: str = "OAuthException",
 
 
 def _usage_headers(account_id: str, pct: float, eta_minutes: int = 0) -> dict[str, str]:
-    buc = {account_id: [{"type": "ads_insights", "call_count": pct, "total_cputime": max(pct - 3, 0), "total_time": max(pct - 1, 0),
-                         "estimated_time_to_regain_access": eta_minutes, "ads_api_access_tier": "standard_access"}]}
+    buc = {
+        account_id: [
+            {
+                "type": "ads_insights",
+                "call_count": pct,
+                "total_cputime": max(pct - 3, 0),
+                "total_time": max(pct - 1, 0),
+                "estimated_time_to_regain_access": eta_minutes,
+                "ads_api_access_tier": "standard_access",
+            }
+        ]
+    }
     acc = {"acc_id_util_pct": pct, "reset_time_duration": eta_minutes * 60, "ads_api_access_tier": "standard_access"}
     return {"X-Business-Use-Case-Usage": json.dumps(buc), "X-Ad-Account-Usage": json.dumps(acc)}
 
@@ -61,12 +94,24 @@ def route(sb: Sandbox, req: Request) -> tuple[str, str | None, Response]:
     if m and m.group(1) in sb.report_runs:
         run = sb.report_runs[m.group(1)]
         if m.group(2):
-            return "meta.report_insights", run["account"], _guarded(
-                sb, req, run["account"], "report_insights", lambda acc: report_results(sb, req, run, acc))
+            return (
+                "meta.report_insights",
+                run["account"],
+                _guarded(sb, req, run["account"], "report_insights", lambda acc: report_results(sb, req, run, acc)),
+            )
         return "meta.report_status", run["account"], _guarded(sb, req, run["account"], "report_status", lambda acc: report_status(run))
-    return "meta.unknown", None, error(400, 100, f"Unsupported get request. Object with ID '{rest[:40]}' does not exist, "
-                                            "cannot be loaded due to missing permissions, or does not support this operation", subcode=33,
-                                            kind="GraphMethodException")
+    return (
+        "meta.unknown",
+        None,
+        error(
+            400,
+            100,
+            f"Unsupported get request. Object with ID '{rest[:40]}' does not exist, "
+            "cannot be loaded due to missing permissions, or does not support this operation",
+            subcode=33,
+            kind="GraphMethodException",
+        ),
+    )
 
 
 def _guarded(sb: Sandbox, req: Request, account_id: str, endpoint: str, answer) -> Response:
@@ -76,7 +121,12 @@ def _guarded(sb: Sandbox, req: Request, account_id: str, endpoint: str, answer) 
     if not token:
         return error(400, 104, "An access token is required to request this resource.")
     if token in sb.scenario["meta_revoked_tokens"]:
-        return error(400, 190, "Error validating access token: The session has been invalidated because the user changed their password.", subcode=460)
+        return error(
+            400,
+            190,
+            "Error validating access token: The session has been invalidated because the user changed their password.",
+            subcode=460,
+        )
     proof = params.get("appsecret_proof")
     if proof is not None:
         expected = hmac.new(sb.scenario["meta_app_secret"].encode(), token.encode(), hashlib.sha256).hexdigest()
@@ -84,14 +134,25 @@ def _guarded(sb: Sandbox, req: Request, account_id: str, endpoint: str, answer) 
             return error(400, 100, "Invalid appsecret_proof provided in the API argument", kind="GraphMethodException")
     account = sb.account("meta", account_id)
     if account is None:
-        return error(400, 100, f"Unsupported get request. Object with ID 'act_{account_id}' does not exist, cannot be loaded due to "
-                               "missing permissions, or does not support this operation", subcode=33, kind="GraphMethodException")
+        return error(
+            400,
+            100,
+            f"Unsupported get request. Object with ID 'act_{account_id}' does not exist, cannot be loaded due to "
+            "missing permissions, or does not support this operation",
+            subcode=33,
+            kind="GraphMethodException",
+        )
     page = int(_cursor(params.get("after"))[1]) // max(_limit(params, sb), 1) + 1 if params.get("after") else 1
     common = apply_common_faults(sb, "meta", account_id, endpoint, page=page)
     if common is not None:
         return common
-    fault = sb.take_fault("meta", account_id, endpoint, ("token_expired", "token_revoked", "rate_limit", "permission",
-                                                         "server_error", "page_error"), page=page)
+    fault = sb.take_fault(
+        "meta",
+        account_id,
+        endpoint,
+        ("token_expired", "token_revoked", "rate_limit", "permission", "server_error", "page_error"),
+        page=page,
+    )
     if fault is not None:
         kind = fault["kind"]
         if kind == "token_expired":
@@ -102,7 +163,8 @@ def _guarded(sb: Sandbox, req: Request, account_id: str, endpoint: str, answer) 
             code = int(fault.get("code", 17))
             eta = int(fault.get("eta_minutes", 0))
             message = {4: "Application request limit reached", 17: "User request limit reached", 613: "Calls within one hour exceeded"}.get(
-                code, "There have been too many calls from this ad-account. Wait a bit and try again.")
+                code, "There have been too many calls from this ad-account. Wait a bit and try again."
+            )
             return error(400, code, message, subcode=2446079 if code >= 80000 else None, headers=_usage_headers(account_id, 100, eta))
         if kind == "permission":
             return error(400, 200, "(#200) Ad account owner has NOT grant ads_management or ads_read permission", kind="OAuthException")
@@ -190,7 +252,7 @@ def _page(sb: Sandbox, req: Request, account_id: str, account: dict, params: dic
     today = sb.today(account["timezone"])
     stats = day_stats(sb.scenario["seed"], "meta", account_id, int(account["campaigns"]), span[0], span[1], today=today, version=version)
     fields = [f for f in params.get("fields", "").split(",") if f] or ["spend", "impressions"]
-    rows = [_row(s, fields, account, account_id) for s in stats[offset: offset + limit]]
+    rows = [_row(s, fields, account, account_id) for s in stats[offset : offset + limit]]
     body: dict = {"data": rows}
     if rows:
         body["paging"] = {"cursors": {"before": _encode(version, offset), "after": _encode(version, offset + len(rows))}}
@@ -254,20 +316,31 @@ def start_report(sb: Sandbox, req: Request, account_id: str) -> Response:
     if isinstance(span, Response):
         return span
     run_id = str(6_000_000_000_000 + len(sb.report_runs) * 7919 + int(time.time()) % 1000)
-    sb.report_runs[run_id] = {"id": run_id, "account": account_id, "params": dict(req.params), "span": span, "polls": 0,
-                              "needed": int(sb.scenario["async_polls"])}
+    sb.report_runs[run_id] = {
+        "id": run_id,
+        "account": account_id,
+        "params": dict(req.params),
+        "span": span,
+        "polls": 0,
+        "needed": int(sb.scenario["async_polls"]),
+    }
     return Response(200, {"report_run_id": run_id})
 
 
 def report_status(run: dict) -> Response:
     run["polls"] += 1
     done = run["polls"] > run["needed"]
-    return Response(200, {
-        "id": run["id"], "account_id": run["account"],
-        "async_status": "Job Completed" if done else ("Job Not Started" if run["polls"] == 1 else "Job Running"),
-        "async_percent_completion": 100 if done else min(99, 40 * run["polls"]),
-        "date_start": run["span"][0].isoformat(), "date_stop": run["span"][1].isoformat(),
-    })
+    return Response(
+        200,
+        {
+            "id": run["id"],
+            "account_id": run["account"],
+            "async_status": "Job Completed" if done else ("Job Not Started" if run["polls"] == 1 else "Job Running"),
+            "async_percent_completion": 100 if done else min(99, 40 * run["polls"]),
+            "date_start": run["span"][0].isoformat(),
+            "date_stop": run["span"][1].isoformat(),
+        },
+    )
 
 
 def report_results(sb: Sandbox, req: Request, run: dict, account: dict) -> Response:
@@ -299,8 +372,18 @@ def debug_token(sb: Sandbox, req: Request) -> Response:
     token = p.get("input_token", "")
     revoked = token in sb.scenario["meta_revoked_tokens"]
     expires = int(sb.meta_tokens_issued.get(token, time.time() + 50 * 86400))
-    return Response(200, {"data": {
-        "app_id": sb.scenario["meta_app_id"], "type": "USER", "application": "emsync sandbox",
-        "data_access_expires_at": expires + 30 * 86400, "expires_at": 0 if token.startswith("EAAsys") else expires,
-        "is_valid": not revoked, "scopes": ["ads_read", "read_insights"], "user_id": "10000000000001",
-    }})
+    return Response(
+        200,
+        {
+            "data": {
+                "app_id": sb.scenario["meta_app_id"],
+                "type": "USER",
+                "application": "emsync sandbox",
+                "data_access_expires_at": expires + 30 * 86400,
+                "expires_at": 0 if token.startswith("EAAsys") else expires,
+                "is_valid": not revoked,
+                "scopes": ["ads_read", "read_insights"],
+                "user_id": "10000000000001",
+            }
+        },
+    )

@@ -17,6 +17,7 @@ applies to the account's metrics endpoint unless it names another
 ``quota_exhausted`` (``retry_seconds``), ``unauthenticated``,
 ``permission_denied``, ``not_enabled``, ``error_in_stream``, ``bad_query``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,7 +26,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo
@@ -92,7 +93,7 @@ class Sandbox:
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
         self._server.request_queue_size = 256
-        self._server.sandbox = self
+        self._server.sandbox = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
         self._gate = threading.Event()
         self._gate.set()
@@ -102,9 +103,9 @@ class Sandbox:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
-    def start(self) -> "Sandbox":
+    def start(self) -> Sandbox:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="sandbox", daemon=True)
         self._thread.start()
         return self
@@ -113,7 +114,7 @@ class Sandbox:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -151,9 +152,16 @@ class Sandbox:
         else:
             return None
         currency, tz = LOCALES[int(account_id) % len(LOCALES)]
-        return {"campaigns": self.scenario["campaigns"], "currency": currency, "timezone": tz,
-                "name": f"{platform.title()} account {account_id}", "conversions": "standard", "faults": [],
-                "restate": self.scenario["restate"], **found}
+        return {
+            "campaigns": self.scenario["campaigns"],
+            "currency": currency,
+            "timezone": tz,
+            "name": f"{platform.title()} account {account_id}",
+            "conversions": "standard",
+            "faults": [],
+            "restate": self.scenario["restate"],
+            **found,
+        }
 
     def set_account(self, platform: str, account_id: str, **config) -> None:
         key = "meta_accounts" if platform == "meta" else "google_customers"
@@ -198,7 +206,7 @@ class Sandbox:
             self.log.clear()
 
     def today(self, tz_name: str) -> date:
-        return datetime.now(timezone.utc).astimezone(ZoneInfo(tz_name)).date()
+        return datetime.now(UTC).astimezone(ZoneInfo(tz_name)).date()
 
     # ---------------------------------------------------------------- dispatch
 
@@ -254,21 +262,28 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve()
 
     def _serve(self) -> None:
-        sb: Sandbox = self.server.sandbox
+        sb: Sandbox = self.server.sandbox  # type: ignore[attr-defined]
         parts = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         form = dict(parse_qsl(body.decode("utf-8", "replace"))) if "form-urlencoded" in (self.headers.get("Content-Type") or "") else {}
-        host = self.headers.get("Host") or "%s:%s" % self.server.server_address[:2]
-        request = Request(self.command, parts.path, dict(parse_qsl(parts.query, keep_blank_values=True)), form,
-                          {k.lower(): v for k, v in self.headers.items()}, body, f"http://{host}")
+        host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])  # type: ignore[index]
+        request = Request(
+            self.command,
+            parts.path,
+            dict(parse_qsl(parts.query, keep_blank_values=True)),
+            form,
+            {k.lower(): v for k, v in self.headers.items()},
+            body,
+            f"http://{host}",
+        )
         if not request.path.startswith("/__sandbox/"):
             sb._gate.wait(60)
         if sb.latency:
             time.sleep(sb.latency)
         try:
             kind, account, response = sb.handle(request)
-        except Exception as exc:  # a sandbox bug must look like a server error, not hang the client
+        except Exception as exc:  # noqa: BLE001 - a sandbox bug must look like a server error, not hang the client
             kind, account, response = "error", None, Response(500, {"error": {"message": f"sandbox bug: {exc}", "code": 2}})
         if kind != "sandbox":  # the control endpoints are not API traffic
             sb.record(kind, account, self.command, parts.path, response.status)

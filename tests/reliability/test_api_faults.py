@@ -4,6 +4,7 @@ For each: the exit code, the integration's status and last_error, the healthy
 integrations' rows exact, and the failing integration's previous rows intact
 (its account restates after the baseline, so a partial write would show).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -67,7 +68,8 @@ def test_fault_beside_healthy_integrations(case, cli, engine, make_sandbox, monk
     sb.next_call(platform, target_account, "restate")  # the next answer is restatement 1, different from the baseline
     if fault == "revoke":
         sb.scenario["meta_revoked_tokens" if platform == "meta" else "revoked_refresh_tokens"].append(
-            META_TOKEN if platform == "meta" else GOOGLE_TOKEN)
+            META_TOKEN if platform == "meta" else GOOGLE_TOKEN
+        )
     result = cli("sync-all", "--full")
 
     assert result.code == exit_code, result.err

@@ -1,4 +1,5 @@
 """Hostile input: every bad argument or setting gets exit 2, one line, nothing written."""
+
 from __future__ import annotations
 
 import json
@@ -33,20 +34,67 @@ BAD_COMMANDS = [
     ["integrations", "add", "--email", "anna@example.com", "--platform", "meta", "--account-id", HUGE, "--access-token", "T0k3n"],
     ["integrations", "add", "--email", "anna@example.com", "--platform", "meta", "--account-id", "act_١٢٣", "--access-token", "T0k3n"],
     ["integrations", "add", "--email", "anna@example.com", "--platform", "meta", "--account-id", "", "--access-token", "T0k3n"],
-    ["integrations", "add", "--email", "anna@example.com", "--platform", "google", "--account-id", "123-456-7890' OR '1'='1", "--refresh-token", "R"],
+    [
+        "integrations",
+        "add",
+        "--email",
+        "anna@example.com",
+        "--platform",
+        "google",
+        "--account-id",
+        "123-456-7890' OR '1'='1",
+        "--refresh-token",
+        "R",
+    ],
     ["integrations", "add", "--email", "anna@example.com", "--platform", "google", "--account-id", "12345678901", "--refresh-token", "R"],
-    ["integrations", "add", "--email", "anna@example.com", "--platform", "google", "--account-id", "1234567890", "--refresh-token", "R",
-     "--login-customer-id", INJECTION],
+    [
+        "integrations",
+        "add",
+        "--email",
+        "anna@example.com",
+        "--platform",
+        "google",
+        "--account-id",
+        "1234567890",
+        "--refresh-token",
+        "R",
+        "--login-customer-id",
+        INJECTION,
+    ],
     ["integrations", "add", "--email", "anna@example.com", "--platform", "META ", "--account-id", "1", "--access-token", "T"],
     ["integrations", "add", "--email", "anna@example.com", "--platform", "", "--account-id", "1", "--access-token", "T"],
     # tokens and dates
     ["integrations", "add", "--email", "anna@example.com", "--platform", "meta", "--account-id", "1", "--access-token", "tok\x00en"],
     ["integrations", "add", "--email", "anna@example.com", "--platform", "meta", "--account-id", "1", "--access-token", "ţøķęñ"],
     ["integrations", "add", "--email", "anna@example.com", "--platform", "meta", "--account-id", "1", "--access-token", "T" * 5000],
-    ["integrations", "add", "--email", "anna@example.com", "--platform", "meta", "--account-id", "1", "--access-token", "T",
-     "--token-expires-at", "2027-13-45"],
-    ["integrations", "add", "--email", "anna@example.com", "--platform", "meta", "--account-id", "1", "--access-token", "T",
-     "--token-expires-at", INJECTION],
+    [
+        "integrations",
+        "add",
+        "--email",
+        "anna@example.com",
+        "--platform",
+        "meta",
+        "--account-id",
+        "1",
+        "--access-token",
+        "T",
+        "--token-expires-at",
+        "2027-13-45",
+    ],
+    [
+        "integrations",
+        "add",
+        "--email",
+        "anna@example.com",
+        "--platform",
+        "meta",
+        "--account-id",
+        "1",
+        "--access-token",
+        "T",
+        "--token-expires-at",
+        INJECTION,
+    ],
     # integration ids
     ["integrations", "disable", "-1"],
     ["integrations", "disable", "99999999999999999999"],
@@ -66,8 +114,10 @@ BAD_COMMANDS = [
 
 def _snapshot(engine) -> tuple:
     with engine.connect() as conn:
-        return tuple(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar()
-                     for t in ("users", "integrations", "campaign_metrics", "sync_runs", "sync_attempts"))
+        return tuple(
+            conn.execute(text(f"SELECT count(*) FROM {t}")).scalar()
+            for t in ("users", "integrations", "campaign_metrics", "sync_runs", "sync_attempts")
+        )
 
 
 @pytest.mark.parametrize("args", BAD_COMMANDS, ids=[" ".join(a)[:60] for a in BAD_COMMANDS])

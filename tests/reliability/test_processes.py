@@ -1,4 +1,5 @@
 """Several processes and crashes: overlapping runs, kill -9 at random moments, the database going away mid-run."""
+
 from __future__ import annotations
 
 import json
@@ -82,7 +83,7 @@ def test_kill_9_at_random_moments_leaves_a_consistent_database(cli, engine, make
     rng = random.Random(seed)
     accounts = [str(n) for n in range(1, 9)]
     sb = make_sandbox({"restate": True, "meta_accounts": {a: {"campaigns": 20} for a in accounts}}, latency_ms=60)
-    ids = dict(zip(accounts, (add_meta(cli, account=f"act_{a}", token=f"EAABtoken-{a}") for a in accounts)))
+    ids = dict(zip(accounts, (add_meta(cli, account=f"act_{a}", token=f"EAABtoken-{a}") for a in accounts), strict=True))
     assert cli("sync-all").code == 0  # a baseline, so the killed run has old rows to leave alone
     victims = []
     for _ in range(2):
@@ -112,7 +113,7 @@ def test_database_connections_killed_mid_run(cli, engine, make_sandbox, spawn, b
     monkeypatch.setenv("EMSYNC_CONCURRENCY", "2")
     accounts = [str(n) for n in range(1, 7)]
     sb = make_sandbox({"restate": True, "meta_accounts": {a: {"campaigns": 20} for a in accounts}}, latency_ms=40)
-    ids = dict(zip(accounts, (add_meta(cli, account=f"act_{a}", token=f"EAABtoken-{a}") for a in accounts)))
+    ids = dict(zip(accounts, (add_meta(cli, account=f"act_{a}", token=f"EAABtoken-{a}") for a in accounts), strict=True))
     assert cli("sync-all").code == 0
     killer_engine = create_engine(db_url, isolation_level="AUTOCOMMIT")
     stop = threading.Event()
@@ -120,8 +121,12 @@ def test_database_connections_killed_mid_run(cli, engine, make_sandbox, spawn, b
     def kill_connections():
         with killer_engine.connect() as conn:
             while not stop.is_set():
-                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                  "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
                 time.sleep(0.03)
 
     sb.reset_log()

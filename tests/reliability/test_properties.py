@@ -1,9 +1,10 @@
 """Property-based tests: parsers and classifiers never crash on arbitrary JSON; the metric maths never divides by
 zero and survives a database round trip at the stored precision."""
+
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
@@ -12,9 +13,9 @@ from hypothesis import strategies as st
 
 from emsync import campaign_rows
 from emsync.config import Settings
-from emsync.domain import InsightRow, SyncWindow
 from emsync.connectors.google import GoogleConnector, parse_rows
 from emsync.connectors.meta import MetaConnector, parse_row
+from emsync.domain import InsightRow, SyncWindow
 from emsync.errors import ApiError, FatalApiError
 from emsync.http import HttpClient
 
@@ -89,20 +90,32 @@ def test_google_classifier_and_parser_answer_rows_or_an_api_error(status, body):
     assert status == 200 and all(isinstance(r, InsightRow) for r in rows)
 
 
-google_results = st.lists(st.fixed_dictionaries({
-    "campaign": st.fixed_dictionaries({"id": st.integers(1, 10**12).map(str)}, optional={"name": st.text(max_size=30)}),
-    "segments": st.fixed_dictionaries({"date": st.dates(date(2024, 1, 1), date(2027, 1, 1)).map(str)}),
-    "metrics": st.fixed_dictionaries({}, optional={
-        "costMicros": st.integers(0, 10**15).map(str), "impressions": st.integers(0, 10**12).map(str),
-        "clicks": st.integers(0, 10**9).map(str), "conversions": st.floats(0, 1e6), "conversionsValue": st.floats(0, 1e9)}),
-}), max_size=20)
+google_results = st.lists(
+    st.fixed_dictionaries(
+        {
+            "campaign": st.fixed_dictionaries({"id": st.integers(1, 10**12).map(str)}, optional={"name": st.text(max_size=30)}),
+            "segments": st.fixed_dictionaries({"date": st.dates(date(2024, 1, 1), date(2027, 1, 1)).map(str)}),
+            "metrics": st.fixed_dictionaries(
+                {},
+                optional={
+                    "costMicros": st.integers(0, 10**15).map(str),
+                    "impressions": st.integers(0, 10**12).map(str),
+                    "clicks": st.integers(0, 10**9).map(str),
+                    "conversions": st.floats(0, 1e6),
+                    "conversionsValue": st.floats(0, 1e9),
+                },
+            ),
+        }
+    ),
+    max_size=20,
+)
 
 
 @given(google_results)
 @settings(max_examples=200, deadline=None)
 def test_google_well_formed_rows_parse_exactly(results):
     rows = parse_rows([{"results": results}])
-    for raw, row in zip(results, rows):
+    for raw, row in zip(results, rows, strict=True):
         metrics = raw["metrics"]
         assert row.spend == Decimal(metrics.get("costMicros", "0")) / Decimal(1_000_000)
         assert row.impressions == int(metrics.get("impressions", "0")) and row.clicks == int(metrics.get("clicks", "0"))
@@ -117,6 +130,7 @@ counts = st.integers(min_value=0, max_value=10**12)
 @settings(max_examples=500, deadline=None)
 def test_derived_metrics_never_divide_by_zero(spend, impressions, clicks, revenue):
     derived = campaign_rows.derived_metrics(spend, impressions, clicks, revenue)
+
     def storable(numerator, denominator):
         return denominator != 0 and abs((numerator / denominator).quantize(Decimal("0.000001"))) < campaign_rows.NUMERIC_LIMIT
 
@@ -158,11 +172,13 @@ def campaign_days(draw):
 def test_stored_values_equal_the_api_values_at_six_places(window_engine, backend, metrics):
     """No float drift beyond the stored precision."""
     day = date(2026, 11, 1)
-    rows = [InsightRow(f"c{i}", day, None, spend, impressions, clicks, conversions, revenue)
-            for i, (spend, impressions, clicks, conversions, revenue) in enumerate(metrics)]
+    rows = [
+        InsightRow(f"c{i}", day, None, spend, impressions, clicks, conversions, revenue)
+        for i, (spend, impressions, clicks, conversions, revenue) in enumerate(metrics)
+    ]
     window = SyncWindow(day, day, True)
     with window_engine.begin() as conn:
-        campaign_rows.replace_window(conn, 1, window, rows, "PLN", datetime.now(timezone.utc))
+        campaign_rows.replace_window(conn, 1, window, rows, "PLN", datetime.now(UTC))
     with window_engine.connect() as conn:
         stored = {r["campaign_id"]: r for r in campaign_rows.metric_rows(conn, 1)}
     assert len(stored) == len(rows)
@@ -181,15 +197,30 @@ def test_ratios_beyond_numeric_18_6_are_null_not_an_overflow():
     assert derived["roas"] is None and derived["cpc"] == Decimal("0.000001")
 
 
-@pytest.mark.parametrize("batches", [[{"results": [1]}], [{"results": {"a": 1}}], [{"results": [{"campaign": [], "segments": {}}]}],
-                                     [{"results": [{"campaign": {"id": "1"}, "segments": {"date": "2026-11-01"}, "metrics": [1]}]}]])
+@pytest.mark.parametrize(
+    "batches",
+    [
+        [{"results": [1]}],
+        [{"results": {"a": 1}}],
+        [{"results": [{"campaign": [], "segments": {}}]}],
+        [{"results": [{"campaign": {"id": "1"}, "segments": {"date": "2026-11-01"}, "metrics": [1]}]}],
+    ],
+)
 def test_google_malformed_rows_are_a_clear_error(batches):
     with pytest.raises(FatalApiError):
         parse_rows(batches)
 
 
-@pytest.mark.parametrize("body", [{"data": {"a": 1}}, {"data": [], "paging": ["next"]}, {"data": ["x"]}, {"data": [[1]]},
-                                  {"data": [{"campaign_id": "1", "date_start": "2026-11-01", "spend": "x"}]}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": {"a": 1}},
+        {"data": [], "paging": ["next"]},
+        {"data": ["x"]},
+        {"data": [[1]]},
+        {"data": [{"campaign_id": "1", "date_start": "2026-11-01", "spend": "x"}]},
+    ],
+)
 def test_meta_malformed_pages_are_a_clear_error(body, make_sandbox):
     connector = MetaConnector(_settings(), HttpClient(None, timeout=1, attempts=1, max_wait=0))
     connector._get = lambda url, params, token: body

@@ -1,9 +1,10 @@
 """Secrets never leave: run every kind of scenario with distinctive secrets, then scan everything emsync wrote."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -34,14 +35,20 @@ def test_no_secret_anywhere(cli, engine, make_sandbox, monkeypatch, tmp_path, ba
     log_file = tmp_path / "emsync.log"
     monkeypatch.setenv("EMSYNC_LOG_FILE", str(log_file))
     monkeypatch.setenv("EMSYNC_RETRY_ATTEMPTS", "2")
-    sb = make_sandbox({
-        "meta_app_secret": META_APP_SECRET, "google_client_secret": GOOGLE_CLIENT_SECRET,
-        "meta_revoked_tokens": [TOKENS["revoked"]], "revoked_refresh_tokens": [TOKENS["g-revoked"]],
-        "meta_accounts": {"4": {"campaigns": 20, "faults": [{"kind": "page_error", "page": 2}]}},
-        "google_customers": {"3333333333": {"faults": [{"kind": "unauthenticated", "times": 1}]},
-                             "4444444444": {"faults": [{"kind": "quota_exhausted"}]}},
-    })
-    soon = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    sb = make_sandbox(
+        {
+            "meta_app_secret": META_APP_SECRET,
+            "google_client_secret": GOOGLE_CLIENT_SECRET,
+            "meta_revoked_tokens": [TOKENS["revoked"]],
+            "revoked_refresh_tokens": [TOKENS["g-revoked"]],
+            "meta_accounts": {"4": {"campaigns": 20, "faults": [{"kind": "page_error", "page": 2}]}},
+            "google_customers": {
+                "3333333333": {"faults": [{"kind": "unauthenticated", "times": 1}]},
+                "4444444444": {"faults": [{"kind": "quota_exhausted"}]},
+            },
+        }
+    )
+    soon = (datetime.now(UTC) + timedelta(days=2)).isoformat()
     add_meta(cli, "anna@example.com", "act_1", TOKENS["healthy"])
     add_meta(cli, "anna@example.com", "act_2", TOKENS["expiring"], "--token-expires-at", soon)
     add_meta(cli, "anna@example.com", "act_3", TOKENS["revoked"])
@@ -51,20 +58,33 @@ def test_no_secret_anywhere(cli, engine, make_sandbox, monkeypatch, tmp_path, ba
     add_google(cli, "anna@example.com", "3333333333", TOKENS["g-401"])
     add_google(cli, "anna@example.com", "4444444444", TOKENS["g-quota"])
 
-    captured = [cli("--verbose", "sync-all"), cli("sync-all", "--json", "--full"), cli("sync-user", "anna@example.com", "--json"),
-                cli("--verbose", "sync-all", "--quiet", "--full"), cli("status"), cli("status", "--json"), cli("status", "--check"),
-                cli("integrations", "list"), cli("integrations", "list", "--json"), cli("users", "list", "--json")]
+    captured = [
+        cli("--verbose", "sync-all"),
+        cli("sync-all", "--json", "--full"),
+        cli("sync-user", "anna@example.com", "--json"),
+        cli("--verbose", "sync-all", "--quiet", "--full"),
+        cli("status"),
+        cli("status", "--json"),
+        cli("status", "--check"),
+        cli("integrations", "list"),
+        cli("integrations", "list", "--json"),
+        cli("users", "list", "--json"),
+    ]
     texts = [r.out + r.err for r in captured]
-    process = subprocess.run([sys.executable, "-m", "emsync", "--verbose", "sync-all", "--full"], capture_output=True, text=True, timeout=120)
+    process = subprocess.run(
+        [sys.executable, "-m", "emsync", "--verbose", "sync-all", "--full"], capture_output=True, text=True, timeout=120
+    )
     texts += [process.stdout, process.stderr]
 
     monkeypatch.setenv("CRON_SECRET", CRON_SECRET)
     url = serve()
     auth = {"Authorization": f"Bearer {CRON_SECRET}"}
-    for response in (requests.post(f"{url}/api/cron/sync-all", headers=auth, timeout=5),
-                     requests.get(f"{url}/api/status", headers=auth, timeout=5),
-                     requests.get(f"{url}/api/runs/1", headers=auth, timeout=5),
-                     requests.post(f"{url}/api/sync/user", headers={"Authorization": "Bearer wrong"}, json={"email": "x@example.com"}, timeout=5)):
+    for response in (
+        requests.post(f"{url}/api/cron/sync-all", headers=auth, timeout=5),
+        requests.get(f"{url}/api/status", headers=auth, timeout=5),
+        requests.get(f"{url}/api/runs/1", headers=auth, timeout=5),
+        requests.post(f"{url}/api/sync/user", headers={"Authorization": "Bearer wrong"}, json={"email": "x@example.com"}, timeout=5),
+    ):
         texts.append(response.text + str(dict(response.headers)))
     texts.append(log_file.read_text())
 
