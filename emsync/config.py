@@ -5,18 +5,25 @@ Precedence, highest first: the process environment, the env file named by
 directory), then the per-user file ``$XDG_CONFIG_HOME/emsync/emsync.env``
 that ``emsync init`` writes when no other env file exists, so that cron finds
 the secret key whatever its working directory.
+
+Each setting is declared once, as one field of ``Settings`` made by
+``_setting()``: attribute, type, environment name, default, parser (with its
+bounds), whether it is a secret, and what it means. ``SETTINGS``,
+``SETTING_NAMES``, ``load_settings``, ``Settings.secrets()`` and the ``repr``
+are derived from those fields; tests/test_config.py checks README.md's
+Configuration table and ``.env.example`` against them.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-
-DEFAULT_META_CONVERSION_TYPES = "omni_purchase,purchase,offsite_conversion.fb_pixel_purchase"
 
 
 def data_dir() -> Path:
@@ -31,63 +38,11 @@ def user_env_file() -> Path:
     return Path(base) / "emsync" / "emsync.env"
 
 
-def _secret_field():
-    return field(default=None, repr=False)
+# ---------------------------------------------------------------- parsers
+# Each takes (name in the environment, stripped raw value) and returns the
+# typed value or raises ConfigError naming the setting.
 
 
-@dataclass(frozen=True)
-class Settings:
-    database_url: str
-    env_file: Path | None = None
-    secret_key: str | None = _secret_field()
-    lookback_days: int = 30
-    recent_days: int = 3
-    full_sync_hours: int = 24
-    concurrency: int = 8
-    http_timeout: float = 60.0
-    retry_attempts: int = 5
-    retry_max_wait: float = 60.0
-    stale_after_minutes: int = 90
-    log_format: str = "text"
-    log_file: str | None = None
-    healthcheck_url: str | None = None
-    meta_graph_url: str = "https://graph.facebook.com"
-    meta_api_version: str = "v25.0"
-    meta_app_id: str | None = None
-    meta_app_secret: str | None = _secret_field()
-    meta_conversion_action_types: tuple[str, ...] = tuple(DEFAULT_META_CONVERSION_TYPES.split(","))
-    google_ads_api_url: str = "https://googleads.googleapis.com"
-    google_ads_api_version: str = "v26"
-    google_ads_developer_token: str | None = _secret_field()
-    google_oauth_client_id: str | None = None
-    google_oauth_client_secret: str | None = _secret_field()
-    google_oauth_token_url: str = "https://oauth2.googleapis.com/token"
-    google_ads_daily_operations: int = 15000
-    cron_secret: str | None = _secret_field()
-
-    def secrets(self) -> list[str]:
-        """Every configured secret value, for the redaction layer."""
-        return [
-            s
-            for s in (
-                self.secret_key,
-                self.meta_app_secret,
-                self.google_ads_developer_token,
-                self.google_oauth_client_secret,
-                self.cron_secret,
-            )
-            if s
-        ]
-
-    def require_secret_key(self) -> str:
-        if not self.secret_key:
-            raise ConfigError(
-                "EMSYNC_SECRET_KEY is not set: run 'emsync init' to generate one, or set it in the environment or the env file"
-            )
-        return self.secret_key
-
-
-# name in the environment -> (field, parser)
 def _int(minimum: int, maximum: int):
     def parse(name: str, raw: str) -> int:
         try:
@@ -183,37 +138,138 @@ def _action_types(name: str, raw: str) -> tuple[str, ...]:
     return types
 
 
-_SPEC: dict[str, tuple[str, object]] = {
-    "EMSYNC_DATABASE_URL": ("database_url", _database_url),
-    "EMSYNC_SECRET_KEY": ("secret_key", _fernet_key),
-    # Meta refuses data older than 37 months, so a longer window could never succeed.
-    "EMSYNC_LOOKBACK_DAYS": ("lookback_days", _int(1, 1100)),
-    "EMSYNC_RECENT_DAYS": ("recent_days", _int(1, 1100)),
-    "EMSYNC_FULL_SYNC_HOURS": ("full_sync_hours", _int(0, 24 * 366)),
-    "EMSYNC_CONCURRENCY": ("concurrency", _int(1, 256)),
-    "EMSYNC_HTTP_TIMEOUT": ("http_timeout", _float(0.1, 3600)),
-    "EMSYNC_RETRY_ATTEMPTS": ("retry_attempts", _int(1, 100)),
-    "EMSYNC_RETRY_MAX_WAIT": ("retry_max_wait", _float(0, 86400)),
-    "EMSYNC_STALE_AFTER_MINUTES": ("stale_after_minutes", _int(1, 10**7)),
-    "EMSYNC_LOG_FORMAT": ("log_format", _choice("text", "json")),
-    "EMSYNC_LOG_FILE": ("log_file", _text),
-    "EMSYNC_HEALTHCHECK_URL": ("healthcheck_url", _http_url),
-    "META_GRAPH_URL": ("meta_graph_url", _http_url),
-    "META_API_VERSION": ("meta_api_version", _version("v25.0")),
-    "META_APP_ID": ("meta_app_id", _text),
-    "META_APP_SECRET": ("meta_app_secret", _text),
-    "META_CONVERSION_ACTION_TYPES": ("meta_conversion_action_types", _action_types),
-    "GOOGLE_ADS_API_URL": ("google_ads_api_url", _http_url),
-    "GOOGLE_ADS_API_VERSION": ("google_ads_api_version", _version("v26")),
-    "GOOGLE_ADS_DEVELOPER_TOKEN": ("google_ads_developer_token", _text),
-    "GOOGLE_OAUTH_CLIENT_ID": ("google_oauth_client_id", _text),
-    "GOOGLE_OAUTH_CLIENT_SECRET": ("google_oauth_client_secret", _text),
-    "GOOGLE_OAUTH_TOKEN_URL": ("google_oauth_token_url", _http_url),
-    "GOOGLE_ADS_DAILY_OPERATIONS": ("google_ads_daily_operations", _int(1, 10**9)),
-    "CRON_SECRET": ("cron_secret", _text),
-}
+# ---------------------------------------------------------------- the table
 
-SETTING_NAMES = tuple(_SPEC)
+Parser = Callable[[str, str], Any]
+REQUIRED: Any = MISSING  # a Settings field with no default (load_settings computes it when unset)
+_KEY = "emsync.setting"  # where _setting() leaves its part of the record in the field's metadata
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table: a setting as the environment names it and as ``Settings`` holds it."""
+
+    env: str  # name in the environment and in env files
+    attr: str  # attribute of Settings
+    parse: Parser  # (env, raw) -> value, raising ConfigError with the bounds
+    default: Any  # value when unset (None: unset stays None; REQUIRED: computed by load_settings)
+    secret: bool  # hidden from repr, handed to the redaction layer by Settings.secrets()
+    help: str  # what it means, one line
+
+    @property
+    def default_text(self) -> str:
+        """The default as written in an env file; '' when there is none to write."""
+        if self.default is None or self.default is REQUIRED:
+            return ""
+        if isinstance(self.default, tuple):
+            return ",".join(self.default)
+        if isinstance(self.default, float):
+            return f"{self.default:g}"
+        return str(self.default)
+
+
+def _setting(env: str, default: Any, parse: Parser, *, help: str, secret: bool = False) -> Any:
+    """A ``Settings`` field that is also a row of the table (its attribute is the field's name)."""
+    return field(default=default, repr=not secret, metadata={_KEY: dict(env=env, parse=parse, secret=secret, help=help)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Every field but env_file is a setting: one _setting() each, in the order .env.example lists them.
+    database_url: str = _setting(
+        "EMSYNC_DATABASE_URL",
+        REQUIRED,
+        _database_url,
+        help="sqlite:// or postgresql+psycopg:// URL; unset: SQLite file emsync.db in the XDG data directory",
+    )
+    env_file: Path | None = None  # which env file was read (not a setting: where settings come from)
+    secret_key: str | None = _setting(
+        "EMSYNC_SECRET_KEY", None, _fernet_key, secret=True, help="Fernet key that encrypts tokens at rest; 'emsync init' makes one"
+    )
+    # Meta refuses data older than 37 months, so a longer window could never succeed.
+    lookback_days: int = _setting(
+        "EMSYNC_LOOKBACK_DAYS", 30, _int(1, 1100), help="the window: today in the account's time zone and the days before it"
+    )
+    recent_days: int = _setting(
+        "EMSYNC_RECENT_DAYS", 3, _int(1, 1100), help="days re-fetched on an ordinary run once a recent full sync exists"
+    )
+    full_sync_hours: int = _setting(
+        "EMSYNC_FULL_SYNC_HOURS", 24, _int(0, 24 * 366), help="how often the whole window is re-fetched (restatements, late conversions)"
+    )
+    concurrency: int = _setting("EMSYNC_CONCURRENCY", 8, _int(1, 256), help="integrations synced at once by one process")
+    http_timeout: float = _setting("EMSYNC_HTTP_TIMEOUT", 60.0, _float(0.1, 3600), help="seconds per HTTP request (connect and read)")
+    retry_attempts: int = _setting("EMSYNC_RETRY_ATTEMPTS", 5, _int(1, 100), help="attempts per request for retryable failures")
+    retry_max_wait: float = _setting(
+        "EMSYNC_RETRY_MAX_WAIT",
+        60.0,
+        _float(0, 86400),
+        help="longest single wait (s); a server asking for longer marks the integration rate_limited",
+    )
+    stale_after_minutes: int = _setting(
+        "EMSYNC_STALE_AFTER_MINUTES",
+        90,
+        _int(1, 10**7),
+        help="`status --check` fails when an active integration has not synced for this long",
+    )
+    log_format: str = _setting(
+        "EMSYNC_LOG_FORMAT", "text", _choice("text", "json"), help="text (timestamped lines) or json (one object per line)"
+    )
+    log_file: str | None = _setting("EMSYNC_LOG_FILE", None, _text, help="also append logs to this file, rotated at 10 MB, 5 files kept")
+    healthcheck_url: str | None = _setting(
+        "EMSYNC_HEALTHCHECK_URL", None, _http_url, help="dead-man's switch: URL/start, then URL or URL/fail after each sync-all"
+    )
+    meta_graph_url: str = _setting("META_GRAPH_URL", "https://graph.facebook.com", _http_url, help="Meta Graph API base URL")
+    meta_api_version: str = _setting("META_API_VERSION", "v25.0", _version("v25.0"), help="Meta Marketing API version")
+    meta_app_id: str | None = _setting("META_APP_ID", None, _text, help="Meta app id: token renewal (fb_exchange_token)")
+    meta_app_secret: str | None = _setting(
+        "META_APP_SECRET", None, _text, secret=True, help="Meta app secret: token renewal and appsecret_proof on every call"
+    )
+    meta_conversion_action_types: tuple[str, ...] = _setting(
+        "META_CONVERSION_ACTION_TYPES",
+        ("omni_purchase", "purchase", "offsite_conversion.fb_pixel_purchase"),
+        _action_types,
+        help="priority list: the first type present in a row's actions is its conversions, its value the revenue",
+    )
+    google_ads_api_url: str = _setting(
+        "GOOGLE_ADS_API_URL", "https://googleads.googleapis.com", _http_url, help="Google Ads API (REST) base URL"
+    )
+    google_ads_api_version: str = _setting("GOOGLE_ADS_API_VERSION", "v26", _version("v26"), help="Google Ads API version")
+    google_ads_developer_token: str | None = _setting(
+        "GOOGLE_ADS_DEVELOPER_TOKEN", None, _text, secret=True, help="Google Ads developer token, sent when set"
+    )
+    google_oauth_client_id: str | None = _setting("GOOGLE_OAUTH_CLIENT_ID", None, _text, help="OAuth client id for the refresh-token grant")
+    google_oauth_client_secret: str | None = _setting(
+        "GOOGLE_OAUTH_CLIENT_SECRET", None, _text, secret=True, help="OAuth client secret for the refresh-token grant"
+    )
+    google_oauth_token_url: str = _setting(
+        "GOOGLE_OAUTH_TOKEN_URL", "https://oauth2.googleapis.com/token", _http_url, help="OAuth token endpoint"
+    )
+    google_ads_daily_operations: int = _setting(
+        "GOOGLE_ADS_DAILY_OPERATIONS",
+        15000,
+        _int(1, 10**9),
+        help="your project's daily operations quota; `status` warns when the schedule cannot fit",
+    )
+    cron_secret: str | None = _setting(
+        "CRON_SECRET", None, _text, secret=True, help="bearer secret of the optional HTTP trigger (`emsync serve`); at least 32 characters"
+    )
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value (each setting marked secret), for the redaction layer."""
+        return [value for s in SETTINGS if s.secret and (value := getattr(self, s.attr))]
+
+    def require_secret_key(self) -> str:
+        if not self.secret_key:
+            raise ConfigError(
+                "EMSYNC_SECRET_KEY is not set: run 'emsync init' to generate one, or set it in the environment or the env file"
+            )
+        return self.secret_key
+
+
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(attr=f.name, default=f.default, **f.metadata[_KEY]) for f in fields(Settings) if _KEY in f.metadata
+)
+SETTING_NAMES = tuple(s.env for s in SETTINGS)
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
@@ -246,14 +302,14 @@ def load_settings(env_file: str | os.PathLike | None = None, environ: dict[str, 
         merged.update(_read_env_file(fallback))
     if path is not None:
         merged.update(_read_env_file(path))
-    merged.update({k: v for k, v in environ.items() if k in _SPEC})
+    merged.update({k: v for k, v in environ.items() if k in SETTING_NAMES})
 
     values: dict[str, object] = {"env_file": path if path is not None else (fallback if fallback.is_file() else None)}
-    for name, (attr, parse) in _SPEC.items():
-        raw = merged.get(name)
+    for setting in SETTINGS:
+        raw = merged.get(setting.env)
         if raw is None or raw.strip() == "":
             continue
-        values[attr] = parse(name, raw.strip())  # type: ignore[operator]
-    if "database_url" not in values:
+        values[setting.attr] = setting.parse(setting.env, raw.strip())
+    if "database_url" not in values:  # the one default that depends on the environment (REQUIRED in the table)
         values["database_url"] = f"sqlite:///{data_dir() / 'emsync.db'}"
     return Settings(**values)  # type: ignore[arg-type]
