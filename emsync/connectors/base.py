@@ -4,8 +4,22 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from ..clock import SYSTEM_CLOCK, Clock
+from ..config import Settings
 from ..errors import FatalApiError
+from ..http import HttpClient
 from ..redaction import register_secret
+
+
+class HttpConnector:
+    """What every connector holds: the settings, one integration's ``HttpClient`` and the clock."""
+
+    platform: str
+
+    def __init__(self, settings: Settings, api: HttpClient, clock: Clock = SYSTEM_CLOCK):
+        self.settings = settings
+        self.api = api
+        self.clock = clock
 
 
 def issued_token(body: object, who: str, now: datetime) -> tuple[str, datetime | None]:

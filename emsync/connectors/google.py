@@ -8,14 +8,12 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import NoReturn
 
-from ..clock import SYSTEM_CLOCK, Clock
-from ..config import Settings
 from ..domain import Account, AccountInfo, Credentials, Fetched, InsightRow, SyncWindow
 from ..errors import ApiError, FatalApiError, NeedsReauth, RateLimited, RetryableError
-from ..http import HttpClient, parse_json
+from ..http import parse_json
 from ..numbers import api_decimal, api_int
 from ..redaction import register_secret
-from .base import issued_token
+from .base import HttpConnector, issued_token
 
 log = logging.getLogger("emsync")
 
@@ -91,13 +89,8 @@ def _codes(failures: list[dict]) -> set[str]:
     return {str(v) for f in failures for v in (f.get("errorCode") or {}).values()}
 
 
-class GoogleConnector:
+class GoogleConnector(HttpConnector):
     platform = "google"
-
-    def __init__(self, settings: Settings, api: HttpClient, clock: Clock = SYSTEM_CLOCK):
-        self.settings = settings
-        self.api = api
-        self.clock = clock
 
     # ---------------------------------------------------------------- OAuth
 

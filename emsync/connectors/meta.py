@@ -17,7 +17,7 @@ from ..errors import FatalApiError, NeedsAsyncReport, NeedsReauth, RateLimited, 
 from ..http import HttpClient, parse_json
 from ..numbers import ZERO, api_decimal, api_int
 from ..redaction import register_secret
-from .base import issued_token
+from .base import HttpConnector, issued_token
 
 log = logging.getLogger("emsync")
 
@@ -130,13 +130,11 @@ def _token(creds: Credentials) -> str:
     return creds.access_token
 
 
-class MetaConnector:
+class MetaConnector(HttpConnector):
     platform = "meta"
 
     def __init__(self, settings: Settings, api: HttpClient, clock: Clock = SYSTEM_CLOCK):
-        self.settings = settings
-        self.api = api
-        self.clock = clock
+        super().__init__(settings, api, clock)
         self.base = f"{settings.meta_graph_url}/{settings.meta_api_version}"
 
     # ---------------------------------------------------------------- requests

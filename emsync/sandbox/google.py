@@ -39,6 +39,30 @@ def failure(
     }
 
 
+def _token_revoked(version: str) -> Response:
+    return _stream_error(
+        version,
+        401,
+        "UNAUTHENTICATED",
+        "Request had invalid authentication credentials.",
+        {"authenticationError": "OAUTH_TOKEN_REVOKED"},
+        "Oauth token is revoked.",
+    )
+
+
+def _quota_error(version: str, quota_error: str, message: str, scope: str, rate_name: str, retry_seconds: int) -> Response:
+    """A 429 with a QuotaError and its ``quotaErrorDetails`` (rate scope, rate name, retryDelay), as Google sends it."""
+    return _stream_error(
+        version,
+        429,
+        "RESOURCE_EXHAUSTED",
+        "Resource has been exhausted (e.g. check quota).",
+        {"quotaError": quota_error},
+        message,
+        details={"quotaErrorDetails": {"rateScope": scope, "rateName": rate_name, "retryDelay": f"{retry_seconds}s"}},
+    )
+
+
 def _stream_error(version: str, http: int, *args, **kwargs) -> Response:
     # searchStream sends its errors inside the JSON array, with the HTTP status set.
     return Response(http, [failure(version, http, *args, **kwargs)])
@@ -81,14 +105,7 @@ def _search(sb: Sandbox, req: Request, version: str, customer: str) -> Response:
     expires = sb.google_access_tokens.get(access)
     if sb.google_token_owner.get(access) in sb.scenario["revoked_refresh_tokens"]:
         # revoking a refresh token revokes the access tokens issued from it
-        return _stream_error(
-            version,
-            401,
-            "UNAUTHENTICATED",
-            "Request had invalid authentication credentials.",
-            {"authenticationError": "OAUTH_TOKEN_REVOKED"},
-            "Oauth token is revoked.",
-        )
+        return _token_revoked(version)
     if expires is None or expires < time.time():
         reason = "OAUTH_TOKEN_EXPIRED" if expires is not None else "OAUTH_TOKEN_INVALID"
         return _stream_error(
@@ -100,17 +117,8 @@ def _search(sb: Sandbox, req: Request, version: str, customer: str) -> Response:
             "Oauth token is expired." if expires else "Oauth token is invalid.",
         )
     account = sb.account("google", customer)
-    if account is None:
-        return _stream_error(
-            version,
-            403,
-            "PERMISSION_DENIED",
-            "The caller does not have permission",
-            {"authorizationError": "USER_PERMISSION_DENIED"},
-            PERMISSION_MESSAGE,
-        )
-    manager = account.get("manager")
-    if manager and req.headers.get("login-customer-id") != manager:
+    manager = account.get("manager") if account else None
+    if account is None or (manager and req.headers.get("login-customer-id") != manager):
         return _stream_error(
             version,
             403,
@@ -151,36 +159,22 @@ def _search(sb: Sandbox, req: Request, version: str, customer: str) -> Response:
 def _fault(version: str, fault: dict) -> Response | None:
     kind = fault["kind"]
     if kind == "rate_limit":
-        return _stream_error(
+        return _quota_error(
             version,
-            429,
-            "RESOURCE_EXHAUSTED",
-            "Resource has been exhausted (e.g. check quota).",
-            {"quotaError": "RESOURCE_TEMPORARILY_EXHAUSTED"},
+            "RESOURCE_TEMPORARILY_EXHAUSTED",
             "Too many requests. Retry in a few seconds.",
-            details={
-                "quotaErrorDetails": {
-                    "rateScope": "ACCOUNT",
-                    "rateName": "Requests per account",
-                    "retryDelay": f"{int(fault.get('retry_seconds', 2))}s",
-                }
-            },
+            "ACCOUNT",
+            "Requests per account",
+            int(fault.get("retry_seconds", 2)),
         )
     if kind == "quota_exhausted":
-        return _stream_error(
+        return _quota_error(
             version,
-            429,
             "RESOURCE_EXHAUSTED",
-            "Resource has been exhausted (e.g. check quota).",
-            {"quotaError": "RESOURCE_EXHAUSTED"},
             "Number of operations for basic access has been exceeded.",
-            details={
-                "quotaErrorDetails": {
-                    "rateScope": "DEVELOPER",
-                    "rateName": "Number of operations for basic access",
-                    "retryDelay": f"{int(fault.get('retry_seconds', 40591))}s",
-                }
-            },
+            "DEVELOPER",
+            "Number of operations for basic access",
+            int(fault.get("retry_seconds", 40591)),
         )
     if kind == "server_error":
         status = int(fault.get("status", 500))
@@ -189,14 +183,7 @@ def _fault(version: str, fault: dict) -> Response | None:
             version, status, name, "Internal error encountered.", {"internalError": "INTERNAL_ERROR"}, "An internal error has occurred."
         )
     if kind == "unauthenticated":
-        return _stream_error(
-            version,
-            401,
-            "UNAUTHENTICATED",
-            "Request had invalid authentication credentials.",
-            {"authenticationError": "OAUTH_TOKEN_REVOKED"},
-            "Oauth token is revoked.",
-        )
+        return _token_revoked(version)
     if kind == "permission_denied":
         return _stream_error(
             version,
