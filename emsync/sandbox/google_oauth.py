@@ -116,15 +116,17 @@ def _authorize(sb: Sandbox, req: Request) -> Response:
     if not prompts <= {"none", "consent", "select_account"}:
         return _page_error(400, "invalid_request", "Invalid prompt")
     state = p["state"]
-    fault = sb.take_listed_fault(("google_oauth",), s["google_oauth_faults"], "auth", ("access_denied", "state_mismatch"),
+    fault = sb.take_listed_fault(("google_oauth",), s["google_oauth_faults"], "auth", ("access_denied", "state_mismatch", "untick_ads"),
                                  default_endpoint="auth")
-    if fault is not None and fault["kind"] == "access_denied":
+    kind = fault["kind"] if fault is not None else None
+    if kind == "access_denied":
         return _redirect(redirect, {"error": "access_denied", "state": state})
-    if fault is not None:
+    if kind == "state_mismatch":
         state = "forged-" + state
     email = login_user(sb, p.get("login_hint"))
     code = "4/0Asandbox" + new_id() + new_id()
-    granted = granted_scopes(p["scope"])
+    # Granular consent lets a person untick a scope; the grant then covers the others only.
+    granted = [scope for scope in granted_scopes(p["scope"]) if not (kind == "untick_ads" and scope == ADS_SCOPE)]
     with sb._lock:
         first_consent = (p["client_id"], email) not in sb.google_consented
         sb.google_consented.add((p["client_id"], email))

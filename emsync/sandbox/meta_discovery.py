@@ -123,10 +123,12 @@ def _edge(sb: Sandbox, req: Request, edge: str, business: str | None) -> Respons
     if business is not None and business not in businesses:
         return error(400, 100, f"Unsupported get request. Object with ID '{business}' does not exist, cannot be loaded due to missing "
                                "permissions, or does not support this operation", subcode=33, kind="GraphMethodException")
-    fault = sb.take_listed_fault(("meta_token", token), config.get("faults") or [], edge, ("server_error", "bad_cursor_loop"),
-                                 default_endpoint="adaccounts")
+    fault = sb.take_listed_fault(("meta_token", token), config.get("faults") or [], edge,
+                                 ("server_error", "permission", "bad_cursor_loop"), default_endpoint="adaccounts")
     if fault is not None and fault["kind"] == "server_error":
         return error(500, 2, "An unexpected error has occurred. Please retry your request later.", transient=True)
+    if fault is not None and fault["kind"] == "permission":
+        return error(403, 10, "(#10) Application does not have permission for this action")
     if edge == "businesses":
         items = [{"id": b, "name": (sb.scenario["meta_businesses"].get(b) or {}).get("name", f"Business {b}")} for b in businesses]
     else:
@@ -140,7 +142,7 @@ def _edge(sb: Sandbox, req: Request, edge: str, business: str | None) -> Respons
             return error(400, 100, f"(#100) Tried accessing nonexisting field ({sorted(unknown)[0]}) on node type (AdAccount)",
                          kind="OAuthException")
         items = [_ad_account(sb, str(i), fields) for i in ids]
-    return _page(req, items, loop=fault is not None)
+    return _page(req, items, limit_cap=int(sb.scenario["meta_max_limit"]), loop=fault is not None)
 
 
 def _ad_account(sb: Sandbox, account_id: str, fields: set[str]) -> dict:
@@ -150,11 +152,11 @@ def _ad_account(sb: Sandbox, account_id: str, fields: set[str]) -> dict:
     return {"id": f"act_{account_id}", **{k: v for k, v in full.items() if k in fields}}
 
 
-def _page(req: Request, items: list[dict], *, loop: bool) -> Response:
+def _page(req: Request, items: list[dict], *, limit_cap: int, loop: bool) -> Response:
     from .meta import _cursor, _encode
 
     try:
-        limit = max(1, min(int(req.params.get("limit", 25)), 5000))
+        limit = max(1, min(int(req.params.get("limit", 25)), limit_cap))
     except ValueError:
         limit = 25
     _, offset = _cursor(req.params.get("after"))

@@ -39,19 +39,21 @@ answer ``USER_PERMISSION_DENIED``.
 ``google_login``: the email the sandbox's consent screen signs in as when the
 authorization request has no ``login_hint`` naming a known user (default: the
 first email in ``google_users``, else ``sandbox.user@example.com``).
-``google_oauth_faults``: ``[{"kind": "access_denied" | "state_mismatch",
-"times": N}]`` for the authorization endpoint (consent denied: a redirect
-with ``error=access_denied``; a redirect carrying another ``state``).
+``google_oauth_faults``: ``[{"kind": "access_denied" | "state_mismatch" |
+"untick_ads", "times": N}]`` for the authorization endpoint (consent denied:
+a redirect with ``error=access_denied``; a redirect carrying another
+``state``; the person unticks the Ads scope, so the grant lacks it).
 
 ``meta_tokens``: ``{"<token>": {"type": "USER" | "SYSTEM_USER", "user_id",
 "scopes": [...], "expires_at": epoch seconds (0 = never),
 "data_access_expires_at", "valid": true, "accounts": [ad account ids],
 "businesses": [business ids], "faults": [...]}}``. A token exchanged with
 ``fb_exchange_token`` inherits its parent's entry. Token faults:
-``bad_cursor_loop`` and ``server_error`` with ``endpoint`` one of
+``bad_cursor_loop``, ``server_error`` and ``permission`` with ``endpoint`` one of
 ``adaccounts``, ``businesses``, ``owned_ad_accounts``, ``client_ad_accounts``.
 ``meta_accounts`` entries may carry ``account_status`` (1 = ACTIVE, 2 =
-DISABLED, 101 = CLOSED, ...). ``meta_businesses``: ``{"<business id>":
+DISABLED, 101 = CLOSED, ...). ``meta_max_limit`` also caps these edges' page
+size. ``meta_businesses``: ``{"<business id>":
 {"name", "owned": [ad account ids], "client": [ad account ids]}}``.
 """
 from __future__ import annotations
