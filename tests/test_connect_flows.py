@@ -12,8 +12,8 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit, urlencode
 import pytest
 import requests
 
-from emsync import oauth
-from emsync.errors import UserError
+from emsync import discovery, oauth
+from emsync.errors import FatalApiError, UserError
 from emsync.http import HttpClient, new_session, redact
 
 ANNA = "anna@example.com"
@@ -244,3 +244,152 @@ def test_id_token_email_is_read_without_trusting_a_signature():
     assert oauth.email_from_id_token(None) is None and oauth.email_from_id_token("not-a-jwt") is None
     payload = base64.urlsafe_b64encode(b'{"email": "x@example.com"}').decode().rstrip("=")
     assert oauth.email_from_id_token(f"e30.{payload}.sig") == "x@example.com"
+
+
+# ---------------------------------------------------------------- Google Ads discovery
+
+
+def _connect(sb, email=ANNA) -> oauth.GoogleGrant:
+    pending = oauth.start_manual(_client(sb), login_hint=email)
+    return oauth.finish_manual(pending, requests.get(pending.url, allow_redirects=False, timeout=5).headers["Location"])
+
+
+def _ads(sb, grant) -> discovery.GoogleAdsApi:
+    return discovery.GoogleAdsApi(sb.url, "v26", grant.access_token, developer_token="dev-token-123456")
+
+
+def test_discovery_walks_a_two_level_manager_tree_and_lists_a_not_enabled_customer(make_sandbox):
+    sb = make_sandbox(TREE)
+    found = discovery.discover_google(_http(), _ads(sb, _connect(sb)))
+    assert found.accessible == ("1000000001", "2000000009", "3000000001")
+    rows = {(c.customer_id, c.manager, c.level, c.status, c.login_customer_id) for c in found.customers}
+    assert rows == {
+        ("1000000001", True, 0, "ENABLED", "1000000001"), ("1000000002", True, 1, "ENABLED", "1000000001"),
+        ("2000000001", False, 1, "ENABLED", "1000000001"), ("2000000002", False, 2, "ENABLED", "1000000001"),
+        ("2000000003", False, 2, "CANCELED", "1000000001"), ("2000000009", False, 0, "CUSTOMER_NOT_ENABLED", "2000000009"),
+        ("3000000001", False, 0, "ENABLED", "3000000001"),
+    }
+    hats = next(c for c in found.customers if c.customer_id == "2000000002")
+    assert (hats.name, hats.currency, hats.time_zone) == ("Hats", sb.account("google", "2000000002")["currency"],
+                                                          sb.account("google", "2000000002")["timezone"])
+    assert {c.customer_id for c in found.customers if c.selectable} == {"2000000001", "2000000002", "3000000001"}
+    assert found.operations == 4 == sb.count("google.list_accessible") + sb.count("google.customer_client")
+
+
+def test_a_customer_under_a_sub_manager_is_listed_once_through_the_closest_manager(make_sandbox):
+    sb = make_sandbox(TREE)
+    found = discovery.discover_google(_http(), _ads(sb, _connect(sb, "sub@example.com")))
+    hats = [c for c in found.customers if c.customer_id == "2000000002"]
+    assert [(c.level, c.login_customer_id) for c in hats] == [(1, "1000000002")]
+    sub = [c for c in found.customers if c.customer_id == "1000000002"]
+    assert [(c.level, c.login_customer_id, c.manager) for c in sub] == [(0, "1000000002", True)]
+    assert len({c.customer_id for c in found.customers}) == len(found.customers) == 5
+    assert found.operations == 3
+
+
+def test_customer_clients_sends_the_login_customer_id(make_sandbox):
+    sb = make_sandbox(TREE)
+    api = _ads(sb, _connect(sb))
+    through_manager = discovery.customer_clients(_http(), api, "2000000002", login_customer_id="1000000001")
+    assert [(c.customer_id, c.level, c.login_customer_id) for c in through_manager] == [("2000000002", 0, "1000000001")]
+    with pytest.raises(discovery.CustomerRefused) as refused:
+        discovery.customer_clients(_http(), api, "2000000002")  # not directly accessible: the manager must be named
+    assert refused.value.code == "USER_PERMISSION_DENIED"
+    direct = discovery.customer_clients(_http(), api, "1000000001", max_level=1)
+    assert [c.customer_id for c in direct] == ["1000000001", "1000000002", "2000000001"]
+
+
+def test_not_ads_user_is_a_clear_error(make_sandbox):
+    sb = make_sandbox(TREE)
+    with pytest.raises(UserError, match="NOT_ADS_USER"):
+        discovery.discover_google(_http(), _ads(sb, _connect(sb, "nobody@example.com")))
+    assert sb.count("google.customer_client") == 0
+
+
+# ---------------------------------------------------------------- Meta
+
+
+META = {
+    "meta_max_limit": 2,  # the server caps the page size: five accounts take three pages
+    "meta_tokens": {
+        "EAAuser-token-1": {"scopes": ["ads_read"], "accounts": ["11", "12", "13", "14", "15"], "user_id": "501"},
+        "EAAagency-token": {"scopes": ["ads_read", "business_management"], "accounts": ["11"], "businesses": ["900"]},
+        "EAAsystem-token": {"type": "SYSTEM_USER", "scopes": ["ads_management"], "expires_at": 0, "accounts": ["21"]},
+        "EAAprofile-only": {"scopes": ["public_profile", "email"]},
+        "EAAexpired-token": {"valid": False},
+        "EAAloop-token": {"scopes": ["ads_read"], "accounts": ["11", "12", "13"], "faults": [{"kind": "bad_cursor_loop"}]},
+        "EAAbroken-biz": {"scopes": ["ads_read", "business_management"], "accounts": ["11"], "businesses": ["900"],
+                          "faults": [{"kind": "permission", "endpoint": "client_ad_accounts"}]},
+    },
+    "meta_businesses": {"900": {"name": "Agency BM", "owned": ["11", "31"], "client": ["32", "33", "34"]}},
+    "meta_accounts": {"12": {"account_status": 101}, "33": {"account_status": 2}},
+}
+
+
+def _graph(sb, token, **changes) -> discovery.GraphApi:
+    env = sb.env()
+    values = {"graph_url": sb.url, "version": "v25.0", "access_token": token, "app_id": env["META_APP_ID"],
+              "app_secret": env["META_APP_SECRET"], **changes}
+    return discovery.GraphApi(**values)
+
+
+def test_meta_user_token_accounts_are_paged_and_statuses_kept(make_sandbox):
+    sb = make_sandbox(META)
+    found = discovery.discover_meta(_http(), _graph(sb, "EAAuser-token-1"))
+    assert (found.token.token_type, found.token.user_id, found.token.scopes) == ("USER", "501", ("ads_read",))
+    assert found.token.expires_at is not None
+    assert [a.account_id for a in found.accounts] == ["11", "12", "13", "14", "15"]
+    closed = found.accounts[1]
+    assert (closed.status_name, closed.selectable) == ("CLOSED", False)
+    assert (found.accounts[0].currency, found.accounts[0].time_zone) == (sb.account("meta", "11")["currency"], sb.account("meta", "11")["timezone"])
+    assert sb.count("meta.adaccounts") == 3 and sb.count("meta.debug_token") == 1
+    assert sb.count("meta.businesses") == 0, "no business_management, no business calls"
+
+
+def test_meta_businesses_add_owned_and_client_accounts_once(make_sandbox):
+    sb = make_sandbox(META)
+    found = discovery.discover_meta(_http(), _graph(sb, "EAAagency-token"))
+    assert found.businesses == (("900", "Agency BM"),)
+    assert [(a.account_id, a.found_via) for a in found.accounts] == [
+        ("11", "me"), ("31", "business 900 owned"), ("32", "business 900 client"), ("33", "business 900 client"),
+        ("34", "business 900 client")]
+    assert [a.account_id for a in found.accounts if a.selectable] == ["11", "31", "32", "34"]
+    assert sb.count("meta.owned_ad_accounts", "900") == 1 and sb.count("meta.client_ad_accounts", "900") == 2
+
+
+def test_meta_a_business_that_refuses_is_a_problem_not_a_failure(make_sandbox):
+    sb = make_sandbox(META)
+    found = discovery.discover_meta(_http(), _graph(sb, "EAAbroken-biz"))
+    assert [a.account_id for a in found.accounts] == ["11", "31"]
+    assert len(found.problems) == 1 and "business 900" in found.problems[0] and "client" in found.problems[0]
+
+
+def test_meta_system_user_token_never_expires(make_sandbox):
+    sb = make_sandbox(META)
+    found = discovery.discover_meta(_http(), _graph(sb, "EAAsystem-token"))
+    assert (found.token.token_type, found.token.expires_at, [a.account_id for a in found.accounts]) == ("SYSTEM_USER", None, ["21"])
+
+
+def test_meta_invalid_token_and_missing_ads_read_are_refused(make_sandbox):
+    sb = make_sandbox(META)
+    with pytest.raises(UserError, match="not valid"):
+        discovery.discover_meta(_http(), _graph(sb, "EAAexpired-token"))
+    with pytest.raises(UserError, match="not valid|refused the token"):
+        discovery.discover_meta(_http(), _graph(sb, "EAAexpired-token", app_id=None, app_secret=None))  # inspected with itself
+    with pytest.raises(UserError, match="lacks the ads_read permission.*public_profile"):
+        discovery.discover_meta(_http(), _graph(sb, "EAAprofile-only"))
+    assert sb.count("meta.adaccounts") == 0
+
+
+def test_meta_a_repeated_paging_link_stops_discovery(make_sandbox):
+    sb = make_sandbox(META)
+    with pytest.raises(FatalApiError, match="loop detected"):
+        discovery.ad_accounts(_http(), _graph(sb, "EAAloop-token"))
+    assert sb.count("meta.adaccounts") == 2
+
+
+def test_meta_appsecret_proof_is_sent_with_the_app_secret(make_sandbox):
+    sb = make_sandbox(META)
+    with pytest.raises(discovery.GraphRefused, match="appsecret_proof"):
+        discovery.ad_accounts(_http(), _graph(sb, "EAAuser-token-1", app_secret="another-app-secret"))
+    assert len(discovery.ad_accounts(_http(), _graph(sb, "EAAuser-token-1"))) == 5
