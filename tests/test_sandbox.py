@@ -336,3 +336,282 @@ def test_request_log_over_http(sb):
     log = requests.get(f"{sb.url}/__sandbox/requests", timeout=5).json()["requests"]
     assert [(e["kind"], e["account"], e["status"]) for e in log] == [("meta.insights", "123", 200)]
     assert sb.count("meta.insights", "123") == 1 and sb.count("google.search_stream") == 0
+
+
+# ---------------------------------------------------------------- connecting: Google OAuth, account discovery, Meta edges
+
+TREE = {
+    "google_customers": {
+        "1000000001": {"is_manager": True, "children": ["1000000002", "2000000001"], "name": "Agency"},
+        "1000000002": {"is_manager": True, "children": ["2000000002", "2000000003"], "name": "Sub-manager"},
+        "2000000003": {"status": "CANCELED"},
+        "2000000009": {"status": "SUSPENDED"},
+    },
+    "google_users": {"anna@example.com": {"accessible": ["1000000001", "2000000009"]}, "nobody@example.com": {"ads_user": False}},
+}
+CLIENT_QUERY = (
+    "SELECT customer_client.id, customer_client.descriptive_name, customer_client.manager, customer_client.level, "
+    "customer_client.status, customer_client.currency_code, customer_client.time_zone FROM customer_client"
+)
+
+
+def _challenge(verifier: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+
+
+def _authorize(sb, verifier="v" * 64, **params):
+    query = {
+        "client_id": sb.scenario["google_client_id"],
+        "redirect_uri": "http://127.0.0.1:8765/",
+        "response_type": "code",
+        "scope": "https://www.googleapis.com/auth/adwords openid email",
+        "state": "st4te",
+        "code_challenge": _challenge(verifier),
+        "code_challenge_method": "S256",
+        "access_type": "offline",
+        "prompt": "consent",
+        **params,
+    }
+    return requests.get(
+        sb.env()["GOOGLE_OAUTH_AUTH_URL"], params={k: v for k, v in query.items() if v is not None}, allow_redirects=False, timeout=5
+    )
+
+
+def _redirected(response) -> dict:
+    from urllib.parse import parse_qs, urlsplit
+
+    assert response.status_code == 302, response.text
+    return {k: v[0] for k, v in parse_qs(urlsplit(response.headers["Location"]).query).items()}
+
+
+def _exchange(sb, code, verifier="v" * 64, redirect_uri="http://127.0.0.1:8765/", secret=None):
+    return requests.post(
+        f"{sb.url}/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "code_verifier": verifier,
+            "client_id": sb.scenario["google_client_id"],
+            "client_secret": secret or sb.scenario["google_client_secret"],
+        },
+        timeout=5,
+    )
+
+
+def test_google_authorization_redirects_with_code_and_state_and_the_code_is_single_use():
+    with Sandbox(TREE) as sb:
+        answer = _authorize(sb, login_hint="anna@example.com")
+        assert answer.headers["Location"].startswith("http://127.0.0.1:8765/?")
+        params = _redirected(answer)
+        assert params["state"] == "st4te" and params["code"].startswith("4/")
+        token = _exchange(sb, params["code"])
+        body = token.json()
+        assert token.status_code == 200 and body["token_type"] == "Bearer" and body["refresh_token"].startswith("1//")
+        assert body["scope"].split() == [
+            "https://www.googleapis.com/auth/adwords",
+            "https://www.googleapis.com/auth/userinfo.email",
+            "openid",
+        ]
+        payload = body["id_token"].split(".")[1]
+        assert json.loads(__import__("base64").urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["email"] == "anna@example.com"
+        reused = _exchange(sb, params["code"])
+        assert (reused.status_code, reused.json()["error"]) == (400, "invalid_grant")
+        assert [e["kind"] for e in sb.log] == ["google.auth", "google.token", "google.token"]
+
+
+def test_google_token_exchange_verifies_pkce_redirect_uri_and_client_secret():
+    with Sandbox() as sb:
+        wrong = _exchange(sb, _redirected(_authorize(sb))["code"], verifier="w" * 64)
+        assert (wrong.status_code, wrong.json()) == (400, {"error": "invalid_grant", "error_description": "Invalid code verifier."})
+        moved = _exchange(sb, _redirected(_authorize(sb))["code"], redirect_uri="http://127.0.0.1:9999/")
+        assert (moved.status_code, moved.json()["error"]) == (400, "redirect_uri_mismatch")
+        bad_secret = _exchange(sb, _redirected(_authorize(sb))["code"], secret="not-the-secret")
+        assert (bad_secret.status_code, bad_secret.json()["error"]) == (401, "invalid_client")
+        basic = requests.post(
+            f"{sb.url}/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": _redirected(_authorize(sb))["code"],
+                "redirect_uri": "http://127.0.0.1:8765/",
+                "code_verifier": "v" * 64,
+            },
+            auth=(sb.scenario["google_client_id"], sb.scenario["google_client_secret"]),
+            timeout=5,
+        )
+        assert basic.status_code == 200, "client_secret_basic is accepted as Google does"
+
+
+@pytest.mark.parametrize(
+    "params, status, error",
+    [
+        ({"client_id": "someone-else"}, 401, "invalid_client"),
+        ({"redirect_uri": "https://example.com/callback"}, 400, "redirect_uri_mismatch"),
+        ({"code_challenge": None}, 400, "invalid_request"),
+        ({"code_challenge_method": "plain"}, 400, "invalid_request"),
+        ({"state": None}, 400, "invalid_request"),
+        ({"scope": "openid email"}, 400, "invalid_scope"),
+        ({"response_type": "token"}, 400, "unsupported_response_type"),
+    ],
+)
+def test_google_authorization_refuses_bad_requests_without_redirecting(params, status, error):
+    with Sandbox() as sb:
+        answer = _authorize(sb, **params)
+        assert (answer.status_code, answer.json()["error"]) == (status, error)
+        assert "Location" not in answer.headers
+
+
+def test_google_refresh_token_only_offline_and_on_first_consent_unless_prompted():
+    with Sandbox() as sb:
+        online = _exchange(sb, _redirected(_authorize(sb, access_type=None, prompt=None))["code"]).json()
+        assert "refresh_token" not in online
+        again = _exchange(sb, _redirected(_authorize(sb, prompt=None))["code"]).json()
+        assert "refresh_token" not in again, "the user consented before and no prompt=consent asked again"
+        assert "refresh_token" in _exchange(sb, _redirected(_authorize(sb))["code"]).json()
+
+
+def test_google_consent_denied_and_forged_state_faults():
+    with Sandbox({"google_oauth_faults": [{"kind": "access_denied", "times": 1}, {"kind": "state_mismatch", "times": 1}]}) as sb:
+        assert _redirected(_authorize(sb)) == {"error": "access_denied", "state": "st4te"}
+        assert _redirected(_authorize(sb))["state"] != "st4te"
+        assert _redirected(_authorize(sb))["state"] == "st4te"
+
+
+def test_google_revoke_invalidates_the_refresh_token_and_its_access_tokens():
+    with Sandbox() as sb:
+        body = _exchange(sb, _redirected(_authorize(sb))["code"]).json()
+        assert requests.post(f"{sb.url}/revoke", data={"token": body["refresh_token"]}, timeout=5).status_code == 200
+        again = requests.post(f"{sb.url}/revoke", data={"token": body["refresh_token"]}, timeout=5)
+        assert (again.status_code, again.json()["error"]) == (400, "invalid_token")
+        assert _stream(sb, token=body["access_token"]).json()[0]["error"]["details"][0]["errors"][0]["errorCode"] == {
+            "authenticationError": "OAUTH_TOKEN_REVOKED"
+        }
+        refreshed = requests.post(
+            f"{sb.url}/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": body["refresh_token"],
+                "client_id": sb.scenario["google_client_id"],
+                "client_secret": sb.scenario["google_client_secret"],
+            },
+            timeout=5,
+        )
+        assert refreshed.json()["error"] == "invalid_grant"
+
+
+def _user_token(sb, email):
+    return _exchange(sb, _redirected(_authorize(sb, login_hint=email))["code"]).json()["access_token"]
+
+
+def test_google_accessible_customers_and_a_two_level_customer_client_tree():
+    with Sandbox(TREE) as sb:
+        token = _user_token(sb, "anna@example.com")
+        listed = requests.get(f"{sb.url}/{GV}/customers:listAccessibleCustomers", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        assert listed.json() == {"resourceNames": ["customers/1000000001", "customers/2000000009"]}
+        tree = _stream(sb, customer="1000000001", query=CLIENT_QUERY, token=token, headers={"login-customer-id": "1000000001"})
+        rows = [r["customerClient"] for b in tree.json() for r in b["results"]]
+        assert [(r["id"], r.get("level", "0"), r.get("manager", False), r["status"]) for r in rows] == [
+            ("1000000001", "0", True, "ENABLED"),
+            ("1000000002", "1", True, "ENABLED"),
+            ("2000000001", "1", False, "ENABLED"),
+            ("2000000002", "2", False, "ENABLED"),
+            ("2000000003", "2", False, "CANCELED"),
+        ]
+        assert "level" not in rows[0] and "manager" not in rows[2], "proto3 JSON leaves out zero and false"
+        direct = _stream(
+            sb,
+            customer="1000000001",
+            query=CLIENT_QUERY + " WHERE customer_client.level <= 1",
+            token=token,
+            headers={"login-customer-id": "1000000001"},
+        )
+        assert [r["customerClient"]["id"] for r in direct.json()[0]["results"]] == ["1000000001", "1000000002", "2000000001"]
+        assert sb.count("google.customer_client", "1000000001") == 2 and sb.count("google.list_accessible") == 1
+
+
+def test_google_client_alone_not_enabled_unreachable_and_not_ads_user():
+    with Sandbox(TREE) as sb:
+        token = _user_token(sb, "anna@example.com")
+        alone = _stream(sb, customer="2000000002", query=CLIENT_QUERY, token=token, headers={"login-customer-id": "1000000001"})
+        assert [r["customerClient"]["id"] for r in alone.json()[0]["results"]] == ["2000000002"]
+        suspended = _stream(sb, customer="2000000009", query=CLIENT_QUERY, token=token)
+        assert suspended.status_code == 403
+        assert suspended.json()[0]["error"]["details"][0]["errors"][0]["errorCode"] == {"authorizationError": "CUSTOMER_NOT_ENABLED"}
+        outside = _stream(sb, customer="2000000002", query=CLIENT_QUERY, token=token)
+        assert outside.json()[0]["error"]["details"][0]["errors"][0]["errorCode"] == {"authorizationError": "USER_PERMISSION_DENIED"}
+        stranger = _user_token(sb, "nobody@example.com")
+        refused = requests.get(
+            f"{sb.url}/{GV}/customers:listAccessibleCustomers", headers={"Authorization": f"Bearer {stranger}"}, timeout=5
+        )
+        assert refused.status_code == 401
+        failure = refused.json()["error"]["details"][0]["errors"][0]
+        assert failure["errorCode"] == {"authenticationError": "NOT_ADS_USER"}
+
+
+META_CONNECT = {
+    "meta_tokens": {
+        "EAAfull": {"scopes": ["ads_read", "business_management"], "accounts": ["1", "2", "3"], "businesses": ["900"]},
+        "EAAsmall": {"scopes": ["ads_read"], "accounts": ["1"]},
+        "EAAnoads": {"scopes": ["public_profile"]},
+        "EAAsystem": {"type": "SYSTEM_USER", "scopes": ["ads_management"], "expires_at": 0},
+        "EAAdead": {"valid": False},
+    },
+    "meta_businesses": {"900": {"name": "Agency BM", "owned": ["3", "4"], "client": ["5"]}},
+    "meta_accounts": {"2": {"account_status": 101}},
+}
+
+
+def _graph(sb, path, token, **params):
+    return requests.get(f"{sb.url}/{V}/{path}", params={"access_token": token, **params}, timeout=5)
+
+
+def test_meta_adaccounts_are_paged_with_cursors_and_next():
+    with Sandbox(META_CONNECT) as sb:
+        first = _graph(sb, "me/adaccounts", "EAAfull", fields="id,account_id,name,account_status,currency,timezone_name", limit="2").json()
+        assert [a["id"] for a in first["data"]] == ["act_1", "act_2"] and first["data"][1]["account_status"] == 101
+        assert set(first["data"][0]) == {"id", "account_id", "name", "account_status", "currency", "timezone_name"}
+        assert set(first["paging"]["cursors"]) == {"before", "after"} and first["paging"]["next"].startswith(f"{sb.url}/{V}/me/adaccounts?")
+        second = requests.get(first["paging"]["next"], timeout=5).json()
+        assert [a["id"] for a in second["data"]] == ["act_3"] and "next" not in second["paging"]
+        assert sb.count("meta.adaccounts") == 2
+
+
+def test_meta_businesses_need_business_management():
+    with Sandbox(META_CONNECT) as sb:
+        assert _graph(sb, "me/businesses", "EAAfull").json()["data"] == [{"id": "900", "name": "Agency BM"}]
+        assert [a["id"] for a in _graph(sb, "900/owned_ad_accounts", "EAAfull", fields="name").json()["data"]] == ["act_3", "act_4"]
+        assert [a["id"] for a in _graph(sb, "900/client_ad_accounts", "EAAfull").json()["data"]] == ["act_5"]
+        refused = _graph(sb, "me/businesses", "EAAsmall")
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == 200
+        assert "business_management" in refused.json()["error"]["message"]
+        assert _graph(sb, "me/adaccounts", "EAAnoads").json()["error"]["code"] == 200
+        assert sb.count("meta.owned_ad_accounts", "900") == 1 and sb.count("meta.businesses") == 2
+
+
+def test_meta_debug_token_types_scopes_and_an_invalid_token():
+    with Sandbox(META_CONNECT) as sb:
+        app = f"{sb.scenario['meta_app_id']}|{sb.scenario['meta_app_secret']}"
+
+        def debug(token):
+            return requests.get(f"{sb.url}/{V}/debug_token", params={"input_token": token, "access_token": app}, timeout=5).json()["data"]
+
+        system = debug("EAAsystem")
+        assert (system["type"], system["expires_at"], system["scopes"], system["is_valid"]) == ("SYSTEM_USER", 0, ["ads_management"], True)
+        dead = debug("EAAdead")
+        assert dead["is_valid"] is False and dead["error"]["code"] == 190
+        exchanged = requests.get(
+            f"{sb.url}/{V}/oauth/access_token",
+            params={
+                "grant_type": "fb_exchange_token",
+                "client_id": sb.scenario["meta_app_id"],
+                "client_secret": sb.scenario["meta_app_secret"],
+                "fb_exchange_token": "EAAfull",
+            },
+            timeout=5,
+        ).json()
+        assert set(exchanged) == {"access_token", "token_type", "expires_in"}
+        assert debug(exchanged["access_token"])["scopes"] == ["ads_read", "business_management"], "the long-lived token keeps the scopes"
+        self_inspected = requests.get(f"{sb.url}/{V}/debug_token", params={"input_token": "EAAdead", "access_token": "EAAdead"}, timeout=5)
+        assert self_inspected.json()["error"]["code"] == 190

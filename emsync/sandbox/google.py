@@ -1,4 +1,17 @@
-"""The sandbox's Google Ads REST API (searchStream over GAQL) and Google's OAuth token endpoint."""
+"""The sandbox's Google Ads REST API: searchStream over GAQL (campaign, customer, customer_client) and
+``customers:listAccessibleCustomers``. Google's OAuth endpoints live in ``google_oauth``.
+
+``customer_client`` (Google Ads API, "Get Account Hierarchy"): querying a
+manager returns a row for itself (level 0) and one for every direct and
+indirect client, ``level`` being the distance; querying a non-manager returns
+just itself at level 0. Rows look like ``{"customerClient": {"resourceName":
+"customers/M/customerClients/C", "clientCustomer": "customers/C", "id": "C",
+"descriptiveName", "manager": true, "level": "2", "status": "ENABLED",
+"currencyCode", "timeZone"}}`` — int64 as strings and, as proto3 JSON does,
+``manager: false`` and ``level: 0`` left out. ``listAccessibleCustomers``
+answers ``{"resourceNames": ["customers/123…"]}`` (``{}`` when empty) and
+ignores ``login-customer-id``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +21,7 @@ import time
 from datetime import date, timedelta
 
 from .data import day_stats
+from .google_oauth import user_of
 from .server import Request, Response, Sandbox, apply_common_faults, new_id
 
 BETWEEN = re.compile(r"segments\.date\s+BETWEEN\s+'(\d{4}-\d{2}-\d{2})'\s+AND\s+'(\d{4}-\d{2}-\d{2})'", re.I)
@@ -39,8 +53,8 @@ def failure(
     }
 
 
-def _token_revoked(version: str) -> Response:
-    return _stream_error(
+def _token_revoked(version: str) -> dict:
+    return failure(
         version,
         401,
         "UNAUTHENTICATED",
@@ -68,57 +82,94 @@ def _stream_error(version: str, http: int, *args, **kwargs) -> Response:
     return Response(http, [failure(version, http, *args, **kwargs)])
 
 
-def token(sb: Sandbox, req: Request) -> tuple[str, str | None, Response]:
-    p = req.params
-    s = sb.scenario
-    if p.get("client_id") != s["google_client_id"] or p.get("client_secret") != s["google_client_secret"]:
-        return "google.token", None, Response(401, {"error": "invalid_client", "error_description": "The OAuth client was not found."})
-    if p.get("grant_type") != "refresh_token":
-        return "google.token", None, Response(400, {"error": "unsupported_grant_type", "error_description": "Invalid grant_type: "})
-    refresh = p.get("refresh_token", "")
-    if not refresh or refresh in s["revoked_refresh_tokens"]:
-        return "google.token", None, Response(400, {"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
-    access = "ya29.a0sandbox" + new_id() + new_id()
-    ttl = int(s["google_token_ttl"])
-    sb.google_access_tokens[access] = time.time() + ttl
-    sb.google_token_owner[access] = refresh
-    return (
-        "google.token",
-        None,
-        Response(
-            200, {"access_token": access, "expires_in": ttl, "scope": "https://www.googleapis.com/auth/adwords", "token_type": "Bearer"}
-        ),
-    )
+NOT_FOUND = {"error": {"code": 404, "message": "Not Found", "status": "NOT_FOUND"}}
+
+
+def _authenticate(sb: Sandbox, req: Request, version: str) -> tuple[dict | None, dict | None]:
+    """(error body, the caller's ``google_users`` entry): the Bearer token checks every Ads API call makes."""
+    auth = req.headers.get("authorization", "")
+    access = auth[7:] if auth.startswith("Bearer ") else ""
+    expires = sb.google_access_tokens.get(access)
+    unauthenticated = (401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
+    if sb.google_token_owner.get(access) in sb.scenario["revoked_refresh_tokens"]:
+        # revoking a refresh token revokes the access tokens issued from it
+        return _token_revoked(version), None
+    if expires is None or expires < time.time():
+        reason = "OAUTH_TOKEN_EXPIRED" if expires is not None else "OAUTH_TOKEN_INVALID"
+        return failure(
+            version, *unauthenticated, {"authenticationError": reason}, "Oauth token is expired." if expires else "Oauth token is invalid."
+        ), None
+    _, user = user_of(sb, access)
+    if user is not None and user.get("ads_user") is False:
+        return failure(
+            version, *unauthenticated, {"authenticationError": "NOT_ADS_USER"}, "User in the cookie is not a valid Ads user."
+        ), None
+    return None, user
+
+
+def list_accessible(sb: Sandbox, req: Request) -> tuple[str, str | None, Response]:
+    m = re.fullmatch(r"/(v\d+)/customers:listAccessibleCustomers", req.path)
+    if not m or req.method != "GET":
+        return "google.unknown", None, Response(404, NOT_FOUND)
+    version = m.group(1)
+    problem, user = _authenticate(sb, req, version)
+    if problem is not None:  # a unary call: the error is an object, not inside an array
+        return "google.list_accessible", None, Response(problem["error"]["code"], problem)
+    ids = user["accessible"] if user is not None and "accessible" in user else _roots(sb)
+    body = {"resourceNames": [f"customers/{i}" for i in ids]} if ids else {}  # proto3 JSON leaves out an empty list
+    return "google.list_accessible", None, Response(200, body)
+
+
+def _roots(sb: Sandbox) -> list[str]:
+    customers = sb.scenario["google_customers"]
+    children = {str(c) for cfg in customers.values() for c in (cfg or {}).get("children") or []}
+    return sorted(c for c in customers if c not in children)
+
+
+def descendants(sb: Sandbox, manager: str) -> dict[str, int]:
+    """{customer id: level} for a customer and, when it is a manager, every direct and indirect client (breadth first)."""
+    found = {manager: 0}
+    queue = [manager]
+    while queue:
+        current = queue.pop(0)
+        config = sb.account("google", current) or {}
+        if not config.get("is_manager"):
+            continue
+        for child in config.get("children") or []:
+            if str(child) not in found:
+                found[str(child)] = found[current] + 1
+                queue.append(str(child))
+    return found
+
+
+def _query_of(req: Request) -> tuple[str | None, str]:
+    """(query, resource in its FROM clause); query None when the body is not JSON."""
+    try:
+        query = json.loads(req.body or b"{}").get("query", "")
+    except (ValueError, AttributeError):
+        return None, ""
+    select = SELECT.match(query or "")
+    return query, select.group(2).lower() if select else ""
 
 
 def search_stream(sb: Sandbox, req: Request) -> tuple[str, str | None, Response]:
     m = re.fullmatch(r"/(v\d+)/customers/(\d+)/googleAds:searchStream", req.path)
     if not m or req.method != "POST":
-        return "google.unknown", None, Response(404, {"error": {"code": 404, "message": "Not Found", "status": "NOT_FOUND"}})
+        return "google.unknown", None, Response(404, NOT_FOUND)
     version, customer = m.groups()
-    return "google.search_stream", customer, _search(sb, req, version, customer)
+    query, resource = _query_of(req)
+    kind = "google.customer_client" if resource == "customer_client" else "google.search_stream"
+    return kind, customer, _search(sb, req, version, customer, query, resource)
 
 
-def _search(sb: Sandbox, req: Request, version: str, customer: str) -> Response:
-    auth = req.headers.get("authorization", "")
-    access = auth[7:] if auth.startswith("Bearer ") else ""
-    expires = sb.google_access_tokens.get(access)
-    if sb.google_token_owner.get(access) in sb.scenario["revoked_refresh_tokens"]:
-        # revoking a refresh token revokes the access tokens issued from it
-        return _token_revoked(version)
-    if expires is None or expires < time.time():
-        reason = "OAUTH_TOKEN_EXPIRED" if expires is not None else "OAUTH_TOKEN_INVALID"
-        return _stream_error(
-            version,
-            401,
-            "UNAUTHENTICATED",
-            "Request had invalid authentication credentials.",
-            {"authenticationError": reason},
-            "Oauth token is expired." if expires else "Oauth token is invalid.",
-        )
+def _search(sb: Sandbox, req: Request, version: str, customer: str, query: str | None, resource: str) -> Response:
+    problem, user = _authenticate(sb, req, version)
+    if problem is not None:
+        return Response(problem["error"]["code"], [problem])  # searchStream sends its errors inside the array
     account = sb.account("google", customer)
-    manager = account.get("manager") if account else None
-    if account is None or (manager and req.headers.get("login-customer-id") != manager):
+    manager = (account or {}).get("manager")
+    login = req.headers.get("login-customer-id")
+    if account is None or (manager and login != manager) or not _reachable(sb, user, customer, login):
         return _stream_error(
             version,
             403,
@@ -127,13 +178,16 @@ def _search(sb: Sandbox, req: Request, version: str, customer: str) -> Response:
             {"authorizationError": "USER_PERMISSION_DENIED"},
             PERMISSION_MESSAGE,
         )
-    common = apply_common_faults(sb, "google", customer, "search_stream")
+    if account.get("status", "ENABLED") != "ENABLED":
+        return _not_enabled(version)
+    endpoint = "customer_client" if resource == "customer_client" else "search_stream"
+    common = apply_common_faults(sb, "google", customer, endpoint)
     if common is not None:
         return common
     fault = sb.take_fault(
         "google",
         customer,
-        "search_stream",
+        endpoint,
         (
             "rate_limit",
             "quota_exhausted",
@@ -149,11 +203,28 @@ def _search(sb: Sandbox, req: Request, version: str, customer: str) -> Response:
         answer = _fault(version, fault)
         if answer is not None:
             return answer
-    try:
-        query = json.loads(req.body or b"{}").get("query", "")
-    except ValueError:
+    if query is None:
         return Response(400, {"error": {"code": 400, "message": "Invalid JSON payload received.", "status": "INVALID_ARGUMENT"}})
     return _answer(sb, version, customer, account, query)
+
+
+def _reachable(sb: Sandbox, user: dict | None, customer: str, login: str | None) -> bool:
+    """Whether a user with an ``accessible`` list may query ``customer`` through ``login`` (itself when absent)."""
+    if user is None or "accessible" not in user:
+        return True
+    through = login or customer
+    return through in {str(a) for a in user["accessible"]} and customer in descendants(sb, through)
+
+
+def _not_enabled(version: str) -> Response:
+    return _stream_error(
+        version,
+        403,
+        "PERMISSION_DENIED",
+        "The caller does not have permission",
+        {"authorizationError": "CUSTOMER_NOT_ENABLED"},
+        "The customer account can't be accessed because it is not yet enabled or has been deactivated.",
+    )
 
 
 def _fault(version: str, fault: dict) -> Response | None:
@@ -183,7 +254,7 @@ def _fault(version: str, fault: dict) -> Response | None:
             version, status, name, "Internal error encountered.", {"internalError": "INTERNAL_ERROR"}, "An internal error has occurred."
         )
     if kind == "unauthenticated":
-        return _token_revoked(version)
+        return Response(401, [_token_revoked(version)])
     if kind == "permission_denied":
         return _stream_error(
             version,
@@ -194,14 +265,7 @@ def _fault(version: str, fault: dict) -> Response | None:
             PERMISSION_MESSAGE,
         )
     if kind == "not_enabled":
-        return _stream_error(
-            version,
-            403,
-            "PERMISSION_DENIED",
-            "The caller does not have permission",
-            {"authorizationError": "CUSTOMER_NOT_ENABLED"},
-            "The customer account can't be accessed because it is not yet enabled or has been deactivated.",
-        )
+        return _not_enabled(version)
     if kind == "bad_query":
         return _stream_error(
             version,
@@ -269,6 +333,8 @@ def _answer(sb: Sandbox, version: str, customer: str, account: dict, query: str)
             }
         }
         return Response(200, [{"results": [row], "fieldMask": mask, "requestId": request_id, "queryResourceConsumption": "1"}])
+    if resource == "customer_client":
+        return _customer_clients(sb, version, customer, query, fields, mask, request_id)
     if resource != "campaign":
         return _stream_error(
             version,
@@ -333,3 +399,71 @@ def _row(customer: str, s, account: dict) -> dict:
 
 def _camel(field: str) -> str:
     return ".".join(re.sub(r"_([a-z])", lambda m: m.group(1).upper(), part) for part in field.split("."))
+
+
+CLIENT_FIELDS = {  # customer_client field -> (JSON key, value from (customer id, level, config))
+    "resource_name": None,
+    "client_customer": None,
+    "id": ("id", lambda cid, level, cfg: cid),
+    "descriptive_name": ("descriptiveName", lambda cid, level, cfg: cfg["name"]),
+    "manager": ("manager", lambda cid, level, cfg: bool(cfg.get("is_manager"))),
+    "level": ("level", lambda cid, level, cfg: str(level)),
+    "status": ("status", lambda cid, level, cfg: cfg.get("status", "ENABLED")),
+    "currency_code": ("currencyCode", lambda cid, level, cfg: cfg["currency"]),
+    "time_zone": ("timeZone", lambda cid, level, cfg: cfg["timezone"]),
+    "hidden": ("hidden", lambda cid, level, cfg: bool(cfg.get("hidden"))),
+    "test_account": ("testAccount", lambda cid, level, cfg: bool(cfg.get("test_account"))),
+}
+LEVEL_FILTER = re.compile(r"^customer_client\.level\s*(<=|<|=|>=|>)\s*(\d+)$", re.I)
+
+
+def _customer_clients(sb: Sandbox, version: str, customer: str, query: str, fields: list[str], mask: str, request_id: str) -> Response:
+    def bad(code: str, message: str) -> Response:
+        return _stream_error(version, 400, "INVALID_ARGUMENT", "Request contains an invalid argument.", {"queryError": code}, message)
+
+    names = []
+    for field in fields:
+        resource, _, name = field.partition(".")
+        if resource.lower() != "customer_client" or name.lower() not in CLIENT_FIELDS:
+            return bad("UNRECOGNIZED_FIELD", f"Error in SELECT clause: unrecognized field '{field}'.")
+        names.append(name.lower())
+    where = re.search(r"\bWHERE\s+(.+?)\s*(?:ORDER\s+BY|LIMIT|$)", query, re.I | re.S)
+    keep = lambda level: True  # noqa: E731
+    if where:
+        conditions = re.split(r"\s+AND\s+", where.group(1).strip(), flags=re.I)
+        tests = []
+        for condition in conditions:
+            m = LEVEL_FILTER.match(condition.strip())
+            if not m:
+                return bad("UNRECOGNIZED_FIELD", f"sandbox: only customer_client.level can be filtered, got {condition[:60]!r}")
+            op, bound = m.group(1), int(m.group(2))
+            tests.append(
+                {
+                    "<=": lambda v, b=bound: v <= b,
+                    "<": lambda v, b=bound: v < b,
+                    "=": lambda v, b=bound: v == b,
+                    ">=": lambda v, b=bound: v >= b,
+                    ">": lambda v, b=bound: v > b,
+                }[op]
+            )
+        keep = lambda level: all(t(level) for t in tests)  # noqa: E731
+    rows = []
+    for cid, level in descendants(sb, customer).items():
+        config = sb.account("google", cid)
+        if config is None or not keep(level):
+            continue
+        row: dict[str, object] = {"resourceName": f"customers/{customer}/customerClients/{cid}"}
+        if "client_customer" in names:
+            row["clientCustomer"] = f"customers/{cid}"
+        for name in names:
+            spec = CLIENT_FIELDS[name]
+            if spec is None:
+                continue
+            key, value = spec[0], spec[1](cid, level, config)
+            if value not in (False, "0"):  # proto3 JSON leaves out false and zero
+                row[key] = value
+        rows.append({"customerClient": row})
+    batch = {"results": rows, "fieldMask": mask, "requestId": request_id, "queryResourceConsumption": str(len(rows))}
+    if not rows:
+        del batch["results"]
+    return Response(200, [batch])

@@ -1,4 +1,7 @@
-"""The sandbox's Meta Graph API: insights (sync and async), ad account, token exchange, debug_token."""
+"""The sandbox's Meta Graph API: insights (sync and async), ad account, token exchange.
+
+``debug_token`` and the edges used to discover ad accounts live in ``meta_discovery``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from datetime import date
 from urllib.parse import urlencode
 
 from .data import day_stats
+from .meta_discovery import token_invalid
 from .server import Request, Response, Sandbox, apply_common_faults, new_id
 
 VERSION = re.compile(r"^/(v\d+(?:\.\d+)?)/(.+)$")
@@ -73,16 +77,21 @@ def _usage_headers(account_id: str, pct: float, eta_minutes: int = 0) -> dict[st
 
 
 def route(sb: Sandbox, req: Request) -> tuple[str, str | None, Response]:
+    from . import meta_discovery
+
     if req.path.rstrip("/") == "/debug_token":
-        return "meta.debug_token", None, debug_token(sb, req)
+        return "meta.debug_token", None, meta_discovery.debug_token(sb, req)
     match = VERSION.match(req.path)
     if not match:
         return "meta.unknown", None, error(400, 2500, "Unknown path components: " + req.path[:60])
     rest = match.group(2).rstrip("/")
     if rest == "debug_token":
-        return "meta.debug_token", None, debug_token(sb, req)
+        return "meta.debug_token", None, meta_discovery.debug_token(sb, req)
     if rest == "oauth/access_token":
         return "meta.token_exchange", None, exchange(sb, req)
+    discovered = meta_discovery.route(sb, req, rest)
+    if discovered is not None:
+        return discovered
     m = re.fullmatch(r"act_(\d+)(/insights)?", rest)
     if m:
         account_id = m.group(1)
@@ -305,7 +314,12 @@ def _row(s, fields: list[str], account: dict, account_id: str = "") -> dict:
 
 def ad_account(req: Request, account_id: str, account: dict) -> Response:
     fields = [f for f in req.params.get("fields", "").split(",") if f]
-    full = {"currency": account["currency"], "timezone_name": account["timezone"], "name": account["name"], "account_status": 1}
+    full = {
+        "currency": account["currency"],
+        "timezone_name": account["timezone"],
+        "name": account["name"],
+        "account_status": int(account.get("account_status", 1)),
+    }
     body = {k: v for k, v in full.items() if k in fields}
     body["id"] = f"act_{account_id}"
     return Response(200, body)
@@ -357,33 +371,9 @@ def exchange(sb: Sandbox, req: Request) -> Response:
     if p.get("client_id") != sb.scenario["meta_app_id"] or p.get("client_secret") != sb.scenario["meta_app_secret"]:
         return error(400, 1, "Error validating client secret.")
     old = p.get("fb_exchange_token", "")
-    if not old or old in sb.scenario["meta_revoked_tokens"]:
+    if not old or token_invalid(sb, old):
         return error(400, 190, "Error validating access token: The session has been invalidated.", subcode=460)
     token = "EAAS" + new_id() + new_id()
     sb.meta_tokens_issued[token] = time.time() + 5183944
+    sb.meta_token_parent[token] = old  # the long-lived token belongs to the same user, with the same permissions
     return Response(200, {"access_token": token, "token_type": "bearer", "expires_in": 5183944})
-
-
-def debug_token(sb: Sandbox, req: Request) -> Response:
-    p = req.params
-    app = f"{sb.scenario['meta_app_id']}|{sb.scenario['meta_app_secret']}"
-    if p.get("access_token") != app:
-        return error(400, 190, "Invalid OAuth access token - Cannot parse access token")
-    token = p.get("input_token", "")
-    revoked = token in sb.scenario["meta_revoked_tokens"]
-    expires = int(sb.meta_tokens_issued.get(token, time.time() + 50 * 86400))
-    return Response(
-        200,
-        {
-            "data": {
-                "app_id": sb.scenario["meta_app_id"],
-                "type": "USER",
-                "application": "emsync sandbox",
-                "data_access_expires_at": expires + 30 * 86400,
-                "expires_at": 0 if token.startswith("EAAsys") else expires,
-                "is_valid": not revoked,
-                "scopes": ["ads_read", "read_insights"],
-                "user_id": "10000000000001",
-            }
-        },
-    )

@@ -16,6 +16,45 @@ applies to the account's metrics endpoint unless it names another
 ``bad_cursor_loop``. Google: ``rate_limit`` (``retry_seconds``),
 ``quota_exhausted`` (``retry_seconds``), ``unauthenticated``,
 ``permission_denied``, ``not_enabled``, ``error_in_stream``, ``bad_query``.
+A Google fault on a ``FROM customer_client`` query must name
+``"endpoint": "customer_client"``; the default endpoint is the metrics query.
+
+Scenario keys for connecting and discovering accounts (all optional):
+
+``google_customers`` entries (besides ``campaigns``, ``currency``,
+``timezone``, ``name``, ``faults``, ``restate`` and ``manager`` — the
+login-customer-id this customer must be reached through) may carry
+``is_manager`` (bool), ``children`` (customer ids directly under a manager:
+two levels make manager → sub-manager → clients) and ``status``
+(``ENABLED`` default, ``CANCELED``, ``SUSPENDED``, ``CLOSED``: any query on a
+customer that is not enabled answers 403 ``CUSTOMER_NOT_ENABLED``).
+
+``google_users``: ``{"<email or refresh token>": {"accessible": [ids],
+"ads_user": true}}``: what ``customers:listAccessibleCustomers`` answers for
+tokens of that user (default: every ``google_customers`` id that is nobody's
+child); ``ads_user: false`` makes the Ads API answer 401 ``NOT_ADS_USER``.
+With ``accessible`` set, queries on customers the user cannot reach (itself
+accessible, or under the accessible manager named in ``login-customer-id``)
+answer ``USER_PERMISSION_DENIED``.
+``google_login``: the email the sandbox's consent screen signs in as when the
+authorization request has no ``login_hint`` naming a known user (default: the
+first email in ``google_users``, else ``sandbox.user@example.com``).
+``google_oauth_faults``: ``[{"kind": "access_denied" | "state_mismatch" |
+"untick_ads", "times": N}]`` for the authorization endpoint (consent denied:
+a redirect with ``error=access_denied``; a redirect carrying another
+``state``; the person unticks the Ads scope, so the grant lacks it).
+
+``meta_tokens``: ``{"<token>": {"type": "USER" | "SYSTEM_USER", "user_id",
+"scopes": [...], "expires_at": epoch seconds (0 = never),
+"data_access_expires_at", "valid": true, "accounts": [ad account ids],
+"businesses": [business ids], "faults": [...]}}``. A token exchanged with
+``fb_exchange_token`` inherits its parent's entry. Token faults:
+``bad_cursor_loop``, ``server_error`` and ``permission`` with ``endpoint`` one of
+``adaccounts``, ``businesses``, ``owned_ad_accounts``, ``client_ad_accounts``.
+``meta_accounts`` entries may carry ``account_status`` (1 = ACTIVE, 2 =
+DISABLED, 101 = CLOSED, ...). ``meta_max_limit`` also caps these edges' page
+size. ``meta_businesses``: ``{"<business id>":
+{"name", "owned": [ad account ids], "client": [ad account ids]}}``.
 """
 
 from __future__ import annotations
@@ -46,7 +85,14 @@ DEFAULTS = {
     "auto_accounts": True,
     "revoked_refresh_tokens": [],
     "meta_revoked_tokens": [],
+    "google_code_ttl": 600,
+    "google_users": {},
+    "google_login": None,
+    "google_oauth_faults": [],
+    "meta_tokens": {},
+    "meta_businesses": {},
 }
+DEFAULT_GOOGLE_USER = "sandbox.user@example.com"
 LOCALES = (("PLN", "Europe/Warsaw"), ("USD", "America/New_York"), ("EUR", "Europe/Berlin"), ("GBP", "Europe/London"))
 
 
@@ -89,6 +135,11 @@ class Sandbox:
         self.meta_tokens_issued: dict[str, float] = {}
         self.google_access_tokens: dict[str, float] = {}
         self.google_token_owner: dict[str, str] = {}  # access token -> the refresh token it came from
+        self.google_token_user: dict[str, str] = {}  # access or refresh token -> the Google user (email) it was issued to
+        self.google_codes: dict[str, dict] = {}  # authorization code -> what it was issued for
+        self.google_refresh_scopes: dict[str, list[str]] = {}  # refresh token -> the scopes granted with it
+        self.google_consented: set[tuple[str, str]] = set()  # (client id, email) that already consented once
+        self.meta_token_parent: dict[str, str] = {}  # exchanged long-lived token -> the token it was exchanged from
         self.report_runs: dict[str, dict] = {}
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
@@ -134,6 +185,8 @@ class Sandbox:
             "META_GRAPH_URL": self.url,
             "GOOGLE_ADS_API_URL": self.url,
             "GOOGLE_OAUTH_TOKEN_URL": f"{self.url}/token",
+            "GOOGLE_OAUTH_AUTH_URL": f"{self.url}/o/oauth2/v2/auth",
+            "GOOGLE_OAUTH_REVOKE_URL": f"{self.url}/revoke",
             "META_APP_ID": s["meta_app_id"],
             "META_APP_SECRET": s["meta_app_secret"],
             "GOOGLE_OAUTH_CLIENT_ID": s["google_client_id"],
@@ -171,13 +224,21 @@ class Sandbox:
     def take_fault(self, platform: str, account_id: str, endpoint: str, kinds: tuple[str, ...], **match) -> dict | None:
         """The first active fault of one of ``kinds`` for this endpoint, consuming one of its ``times``."""
         account = self.account(platform, account_id) or {}
+        return self.take_listed_fault(
+            (platform, account_id), account.get("faults") or [], endpoint, kinds, default_endpoint=_default_endpoint(platform), **match
+        )
+
+    def take_listed_fault(
+        self, owner: tuple, faults: list, endpoint: str, kinds: tuple[str, ...], *, default_endpoint: str, **match
+    ) -> dict | None:
+        """``take_fault`` for any list of faults; ``owner`` keeps the use counts of different lists apart."""
         with self._lock:
-            for index, fault in enumerate(account.get("faults") or []):
-                if fault.get("kind") not in kinds or fault.get("endpoint", _default_endpoint(platform)) != endpoint:
+            for index, fault in enumerate(faults):
+                if fault.get("kind") not in kinds or fault.get("endpoint", default_endpoint) != endpoint:
                     continue
                 if any(fault.get(k) is not None and fault.get(k) != v for k, v in match.items()):
                     continue
-                key = (platform, account_id, index)
+                key = (*owner, index)
                 used = self._fault_use.get(key, 0)
                 if fault.get("times") is not None and used >= fault["times"]:
                     continue
@@ -211,12 +272,18 @@ class Sandbox:
     # ---------------------------------------------------------------- dispatch
 
     def handle(self, request: Request) -> tuple[str, str | None, Response]:
-        from . import google, meta
+        from . import google, google_oauth, meta
 
         if request.path.startswith("/__sandbox/"):
             return "sandbox", None, self._control(request)
         if request.path == "/token":
-            return google.token(self, request)
+            return google_oauth.token(self, request)
+        if request.path == google_oauth.AUTH_PATH:
+            return google_oauth.authorize(self, request)
+        if request.path == "/revoke":
+            return google_oauth.revoke(self, request)
+        if request.path.endswith("/customers:listAccessibleCustomers"):
+            return google.list_accessible(self, request)
         if "/customers/" in request.path:
             return google.search_stream(self, request)
         return meta.route(self, request)

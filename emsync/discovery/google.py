@@ -1,0 +1,225 @@
+"""Google Ads customers a freshly connected Google user can reach. Knows the API, never the database.
+
+Google Ads API documents: "Listing Accessible Accounts", "Get Account
+Hierarchy", the ``customer_client`` resource; REST
+``customers:listAccessibleCustomers`` and ``googleAds:searchStream``.
+``listAccessibleCustomers`` returns only the customers the user reaches
+directly (``{"resourceNames": ["customers/123…"]}``) and ignores
+``login-customer-id``. Which of them are managers is only known from a
+``customer_client`` query on each, which for a manager returns itself
+(level 0) and every direct and indirect client (``{"customerClient": {"id",
+"descriptiveName", "manager", "level", "status", "currencyCode",
+"timeZone"}}``, int64 as strings, false and 0 possibly left out), and for any
+other customer just itself. Each call is one Google Ads API operation;
+``operations`` counts them so a ledger can record them (retries of a failed
+call are not counted).
+
+The error parsing repeats what ``connectors/google.py`` does for syncs; it
+should live once when that module's refactor settles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..errors import FatalApiError, NeedsReauth, RateLimited, RetryableError, UserError
+from ..http import HttpClient, parse_json, redact, register_secret
+
+CUSTOMER_CLIENT_QUERY = (
+    "SELECT customer_client.id, customer_client.descriptive_name, customer_client.manager, customer_client.level, "
+    "customer_client.status, customer_client.currency_code, customer_client.time_zone FROM customer_client"
+)
+
+
+@dataclass(frozen=True)
+class GoogleAdsApi:
+    """Where and as whom to call the Google Ads API."""
+
+    api_url: str
+    version: str
+    access_token: str = field(repr=False)
+    developer_token: str | None = field(default=None, repr=False)
+
+    def headers(self, login_customer_id: str | None) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.access_token}"}
+        if login_customer_id:
+            headers["login-customer-id"] = login_customer_id
+        if self.developer_token:
+            headers["developer-token"] = self.developer_token
+        return headers
+
+
+@dataclass(frozen=True)
+class GoogleCustomer:
+    """A customer found in discovery. ``level`` counts from ``login_customer_id``, the customer it was found through.
+
+    ``status`` is the API's (ENABLED, CANCELED, SUSPENDED, CLOSED), or the
+    error code a directly accessible customer answered with
+    (``CUSTOMER_NOT_ENABLED``; then name, currency and time zone are unknown).
+    """
+
+    customer_id: str
+    name: str | None
+    manager: bool
+    level: int
+    status: str
+    currency: str | None
+    time_zone: str | None
+    login_customer_id: str
+
+    @property
+    def selectable(self) -> bool:
+        """What ``--all`` picks: enabled accounts that hold campaigns (not managers)."""
+        return self.status == "ENABLED" and not self.manager
+
+
+@dataclass(frozen=True)
+class GoogleDiscovery:
+    accessible: tuple[str, ...]
+    customers: tuple[GoogleCustomer, ...]
+    operations: int
+
+
+class CustomerRefused(FatalApiError):
+    """Google Ads refused one customer (403); ``code`` is its error code, e.g. ``CUSTOMER_NOT_ENABLED``."""
+
+    def __init__(self, message: str, *, code: str, request_id: str | None = None):
+        super().__init__(message, request_id=request_id)
+        self.code = code
+
+
+def list_accessible_customers(http: HttpClient, api: GoogleAdsApi) -> list[str]:
+    """Ids of the customers the signed-in user reaches directly (one operation).
+
+    Raises:
+        UserError: the Google account has no Google Ads access (``NOT_ADS_USER``).
+        NeedsReauth: the access token was refused.
+    """
+    register_secret(api.access_token, api.developer_token)
+    body = http.send(
+        "GET",
+        f"{api.api_url}/{api.version}/customers:listAccessibleCustomers",
+        headers=api.headers(None),
+        classify=lambda r: _classify_google(r, http.max_wait),
+    )
+    names = (body.get("resourceNames") or []) if isinstance(body, dict) else []  # proto3 JSON: {} when empty
+    return [str(name).rsplit("/", 1)[-1] for name in names]
+
+
+def customer_clients(
+    http: HttpClient, api: GoogleAdsApi, customer_id: str, *, login_customer_id: str | None = None, max_level: int | None = None
+) -> list[GoogleCustomer]:
+    """The ``customer_client`` rows of one customer (one operation), queried through ``login_customer_id`` (itself by default).
+
+    Raises:
+        CustomerRefused: 403 for this customer (``CUSTOMER_NOT_ENABLED``, ``USER_PERMISSION_DENIED``).
+        UserError: ``NOT_ADS_USER``.
+    """
+    register_secret(api.access_token, api.developer_token)
+    login = login_customer_id or customer_id
+    query = CUSTOMER_CLIENT_QUERY + (f" WHERE customer_client.level <= {int(max_level)}" if max_level is not None else "")
+    batches = http.send(
+        "POST",
+        f"{api.api_url}/{api.version}/customers/{customer_id}/googleAds:searchStream",
+        json={"query": query},
+        headers=api.headers(login),
+        classify=lambda r: _classify_google(r, http.max_wait),
+    )
+    rows = []
+    for batch in batches if isinstance(batches, list) else [batches]:
+        for result in (batch or {}).get("results") or []:
+            client = result.get("customerClient") or {}
+            cid = str(client.get("id") or str(client.get("clientCustomer", "")).rsplit("/", 1)[-1])
+            if not cid.isdigit():
+                raise FatalApiError(f"Google Ads returned a customer_client row without an id for customer {customer_id}")
+            rows.append(
+                GoogleCustomer(
+                    customer_id=cid,
+                    name=client.get("descriptiveName"),
+                    manager=bool(client.get("manager", False)),
+                    level=int(client.get("level", 0)),  # proto3 JSON leaves out false and 0
+                    status=str(client.get("status") or "UNKNOWN"),
+                    currency=client.get("currencyCode"),
+                    time_zone=client.get("timeZone"),
+                    login_customer_id=login,
+                )
+            )
+    return rows
+
+
+def discover_google(http: HttpClient, api: GoogleAdsApi) -> GoogleDiscovery:
+    """Every customer the user reaches, directly or under an accessible manager (both levels of a tree).
+
+    A customer found through several paths is listed once, through the
+    closest one (the smallest ``level``). A directly accessible customer that
+    refuses the query (a cancelled or suspended one: ``CUSTOMER_NOT_ENABLED``)
+    is listed with that status; discovery goes on.
+
+    Raises:
+        UserError: ``NOT_ADS_USER``.
+        NeedsReauth, RateLimited, RetryableError: the whole call failed.
+    """
+    accessible = list_accessible_customers(http, api)
+    operations = 1
+    best: dict[str, GoogleCustomer] = {}
+    for customer_id in accessible:
+        operations += 1
+        try:
+            found = customer_clients(http, api, customer_id)
+        except CustomerRefused as refused:
+            found = [GoogleCustomer(customer_id, None, False, 0, refused.code, None, None, customer_id)]
+        for row in found:
+            known = best.get(row.customer_id)
+            if known is None or row.level < known.level:
+                best[row.customer_id] = row
+    ordered = sorted(best.values(), key=lambda c: (c.login_customer_id, c.level, c.customer_id))
+    return GoogleDiscovery(accessible=tuple(accessible), customers=tuple(ordered), operations=operations)
+
+
+def _classify_google(response, max_wait: float) -> Any:
+    body = parse_json(response)
+    if response.status_code == 200:
+        for batch in body if isinstance(body, list) else []:
+            if isinstance(batch, dict) and "error" in batch:  # searchStream can fail inside a 200 array
+                _raise_google(batch["error"], 500, max_wait)
+        return body
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(body, list):
+        error = next((b.get("error") for b in body if isinstance(b, dict) and "error" in b), None)
+    _raise_google(error if isinstance(error, dict) else {}, response.status_code, max_wait)
+
+
+def _raise_google(error: dict, http_status: int, max_wait: float):
+    failures: list[dict] = []
+    request_id, delay = None, None
+    for detail in error.get("details") or []:
+        failures.extend(detail.get("errors") or [])
+        request_id = request_id or detail.get("requestId")
+    codes = [str(v) for f in failures for v in (f.get("errorCode") or {}).values()]
+    for failure in failures:
+        raw = str(((failure.get("details") or {}).get("quotaErrorDetails") or {}).get("retryDelay") or "")
+        if raw.endswith("s") and raw[:-1].replace(".", "", 1).isdigit():
+            delay = float(raw[:-1])
+    status = error.get("status", "")
+    message = (failures[0].get("message") if failures else None) or error.get("message") or f"HTTP {http_status}"
+    label = redact(f"Google Ads {status or http_status}" + (f" {', '.join(codes)}" if codes else "") + f": {message}")
+    code = error.get("code", http_status)
+    if "NOT_ADS_USER" in codes:
+        raise UserError(
+            "this Google account has no access to Google Ads (NOT_ADS_USER): sign in with a Google account "
+            "that has a Google Ads account or was invited to one"
+        )
+    if code == 401 or status == "UNAUTHENTICATED":
+        raise NeedsReauth(label, request_id=request_id)
+    if code == 429 or status == "RESOURCE_EXHAUSTED":
+        if "RESOURCE_TEMPORARILY_EXHAUSTED" in codes and (delay is None or delay <= max_wait):
+            raise RetryableError(label, wait=delay, rate_limit=True, request_id=request_id)
+        until = datetime.now(UTC) + timedelta(seconds=delay or 3600)
+        raise RateLimited(label, retry_at=until, request_id=request_id)
+    if code in (500, 502, 503, 504) or status in ("INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        raise RetryableError(label, request_id=request_id)
+    if code == 403 or status == "PERMISSION_DENIED":
+        raise CustomerRefused(label, code=codes[0] if codes else "PERMISSION_DENIED", request_id=request_id)
+    raise FatalApiError(label, request_id=request_id)
