@@ -237,12 +237,26 @@ class Settings:
     google_ads_developer_token: str | None = _setting(
         "GOOGLE_ADS_DEVELOPER_TOKEN", None, _text, secret=True, help="Google Ads developer token, sent when set"
     )
-    google_oauth_client_id: str | None = _setting("GOOGLE_OAUTH_CLIENT_ID", None, _text, help="OAuth client id for the refresh-token grant")
+    google_oauth_client_id: str | None = _setting(
+        "GOOGLE_OAUTH_CLIENT_ID", None, _text, help="OAuth client (type Desktop app): `emsync connect google` and the refresh-token grant"
+    )
     google_oauth_client_secret: str | None = _setting(
         "GOOGLE_OAUTH_CLIENT_SECRET", None, _text, secret=True, help="OAuth client secret for the refresh-token grant"
     )
     google_oauth_token_url: str = _setting(
         "GOOGLE_OAUTH_TOKEN_URL", "https://oauth2.googleapis.com/token", _http_url, help="OAuth token endpoint"
+    )
+    google_oauth_auth_url: str = _setting(
+        "GOOGLE_OAUTH_AUTH_URL",
+        "https://accounts.google.com/o/oauth2/v2/auth",
+        _http_url,
+        help="OAuth authorization endpoint, where `emsync connect google` sends the browser",
+    )
+    google_oauth_revoke_url: str = _setting(
+        "GOOGLE_OAUTH_REVOKE_URL",
+        "https://oauth2.googleapis.com/revoke",
+        _http_url,
+        help="OAuth revocation endpoint, used by `emsync credentials remove`",
     )
     google_ads_daily_operations: int = _setting(
         "GOOGLE_ADS_DAILY_OPERATIONS",
