@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import DatabaseError
 
 # Every migration this code knows, oldest first; the last is what the code needs.
-REVISIONS = ("0001",)
+REVISIONS = ("0001", "0004")
 HEAD = REVISIONS[-1]
 _WRITE_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SQLite engine -> this process's writer queue
 
@@ -150,11 +150,46 @@ def upgrade(engine, url: str) -> tuple[str | None, str]:
     cfg = Config()
     cfg.set_main_option("script_location", "emsync:migrations")
     try:
-        with write_transaction(engine) as conn:
+        with _migration_transaction(engine) as conn:
             before = current_revision(conn)
             if before != HEAD:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
+                _check_foreign_keys(conn)
     except SQLAlchemyError as exc:
         raise explain(exc, url) from None
     return before, HEAD
+
+
+@contextmanager
+def _migration_transaction(engine):
+    """A write transaction for migrations. On SQLite, with foreign-key enforcement off for its duration.
+
+    SQLite changes a table's shape by copying it, dropping the original and renaming the copy
+    (Alembic's batch mode); with enforcement on, the DROP fails while other tables' rows point at
+    it. SQLite's documented procedure ("Making Other Kinds Of Table Schema Changes") is to turn
+    enforcement off, which only works outside a transaction, and check the references before commit.
+    """
+    lock = _WRITE_LOCKS.get(engine)
+    if lock is None:  # PostgreSQL checks references per statement, and alters tables in place
+        with write_transaction(engine) as conn:
+            yield conn
+        return
+    with lock, engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        dbapi.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with conn.execution_options(emsync_write=True).begin():
+                yield conn
+        finally:
+            dbapi.execute("PRAGMA foreign_keys = ON")
+
+
+def _check_foreign_keys(conn) -> None:
+    """Raise (rolling the migration back) when a migration left a row pointing at nothing (SQLite only)."""
+    if conn.dialect.name != "sqlite":
+        return  # PostgreSQL checks every reference itself
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+    if broken is not None:
+        raise DatabaseError(f"a migration left {broken[0]} rows pointing at missing {broken[2]} rows: nothing was changed")

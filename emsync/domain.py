@@ -1,7 +1,7 @@
 """The values a sync passes between the engine, the connectors and the store: plain data, no database or HTTP types.
 
 The path of one sync, in these names: the engine reads an ``IntegrationState``,
-decrypts its ``Credentials``, asks a ``Connector`` for ``AccountInfo`` (first
+decrypts its credential's ``CredentialState`` into ``Credentials``, asks a ``Connector`` for ``AccountInfo`` (first
 sync only) and for the ``Fetched`` rows of a ``SyncWindow``, and the store
 replaces that window with them.
 """
@@ -71,11 +71,11 @@ class Fetched:
 
 @dataclass(slots=True)
 class Credentials:
-    """An integration's tokens, decrypted for the duration of one sync.
+    """A credential's tokens, decrypted for the duration of one sync (or one check).
 
-    The engine persists whatever a connector changes here (a renewed Meta
-    token, a cached Google access token) and sets ``changed``. Never printed:
-    see ``__repr__``.
+    A connector that renews a Meta token or caches a Google access token
+    changes them here and sets ``changed``; the engine then stores them on the
+    credential, for every integration using it. Never printed: see ``__repr__``.
     """
 
     access_token: str | None = None
@@ -104,7 +104,7 @@ class Account:
 
 @dataclass(frozen=True, slots=True)
 class IntegrationState:
-    """One integration as the engine reads it before an attempt; tokens are still Fernet ciphertexts."""
+    """One integration as the engine reads it before an attempt; its tokens live on credential ``credential_id``."""
 
     id: int
     platform: str
@@ -116,11 +116,7 @@ class IntegrationState:
     time_zone: str | None
     last_attempt_at: datetime | None
     last_full_sync_at: datetime | None
-    token_expires_at: datetime | None
-    cached_access_token_expires_at: datetime | None
-    access_token_enc: str | None = field(default=None, repr=False)
-    refresh_token_enc: str | None = field(default=None, repr=False)
-    cached_access_token_enc: str | None = field(default=None, repr=False)
+    credential_id: int
 
     @property
     def account(self) -> Account:
@@ -129,6 +125,19 @@ class IntegrationState:
     @property
     def label(self) -> str:
         return account_label(self.platform, self.account_id)
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialState:
+    """A stored credential as the engine reads it: tokens still Fernet ciphertexts, expiries in UTC."""
+
+    id: int
+    platform: str
+    token_expires_at: datetime | None
+    cached_access_token_expires_at: datetime | None
+    access_token_enc: str | None = field(default=None, repr=False)
+    refresh_token_enc: str | None = field(default=None, repr=False)
+    cached_access_token_enc: str | None = field(default=None, repr=False)
 
 
 class Connector(Protocol):

@@ -12,7 +12,7 @@ from datetime import date as Date
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, Table, UniqueConstraint
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, Table, Text, UniqueConstraint
 from sqlalchemy import exc as sa_exc
 from sqlmodel import Field, SQLModel
 
@@ -35,6 +35,35 @@ class User(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, nullable=False)
 
 
+class Credential(SQLModel, table=True):
+    """One Google login (its refresh token) or one Meta user (its access token), shared by every integration using it.
+
+    ``platform_user``: the Google account's email or the Meta user id the token belongs to; NULL when
+    unknown (tokens typed in with ``integrations add``, or moved here from integrations by migration 0004).
+    ``token_type``: Meta's ``debug_token`` type (``USER``, ``SYSTEM_USER``), NULL when not known.
+    ``scopes``: the granted scopes, space-separated as OAuth writes them. ``token_expires_at``: when the
+    stored token expires (Meta; NULL: never or unknown). The cached Google access token serves every
+    integration of the credential until shortly before ``cached_access_token_expires_at``.
+    """
+
+    __tablename__ = "credentials"
+    __table_args__ = (UniqueConstraint("platform", "platform_user", name="uq_credentials_platform_user"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str = Field(max_length=16, nullable=False)
+    platform_user: str | None = Field(default=None, max_length=320)
+    token_type: str | None = Field(default=None, max_length=32)
+    scopes: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    token_expires_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, nullable=False)
+    # Fernet ciphertexts; never clear text.
+    access_token_enc: str | None = Field(default=None, repr=False, sa_column=Column(Text, nullable=True))
+    refresh_token_enc: str | None = Field(default=None, repr=False, sa_column=Column(Text, nullable=True))
+    cached_access_token_enc: str | None = Field(default=None, repr=False, sa_column=Column(Text, nullable=True))
+    cached_access_token_expires_at: datetime | None = None
+
+
 class Integration(SQLModel, table=True):
     __tablename__ = "integrations"
     __table_args__ = (UniqueConstraint("user_id", "platform", "account_id", name="uq_integrations_user_platform_account"),)
@@ -52,16 +81,12 @@ class Integration(SQLModel, table=True):
     last_attempt_at: datetime | None = None
     last_error: str | None = None
     rate_limited_until: datetime | None = None
-    token_expires_at: datetime | None = None
+    token_expires_at: datetime | None = None  # a copy of its credential's, kept by store.py for the dashboard
     currency: str | None = Field(default=None, max_length=8)
     time_zone: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, nullable=False)
-    # Fernet ciphertexts; never clear text.
-    access_token_enc: str | None = Field(default=None, repr=False)
-    refresh_token_enc: str | None = Field(default=None, repr=False)
-    cached_access_token_enc: str | None = Field(default=None, repr=False)
-    cached_access_token_expires_at: datetime | None = None
+    credential_id: int = Field(sa_column=Column(Integer, ForeignKey("credentials.id"), nullable=False, index=True))
 
 
 class CampaignMetric(SQLModel, table=True):
@@ -126,6 +151,7 @@ class SyncAttempt(SQLModel, table=True):
 # SQLAlchemy Core handles for the data-access modules (store, campaign_rows, runs).
 users_t: Table = User.__table__  # type: ignore[attr-defined]
 integrations_t: Table = Integration.__table__  # type: ignore[attr-defined]
+credentials_t: Table = Credential.__table__  # type: ignore[attr-defined]
 metrics_t: Table = CampaignMetric.__table__  # type: ignore[attr-defined]
 runs_t: Table = SyncRun.__table__  # type: ignore[attr-defined]
 attempts_t: Table = SyncAttempt.__table__  # type: ignore[attr-defined]

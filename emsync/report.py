@@ -34,6 +34,7 @@ def integration_json(row: dict) -> dict:
         "currency": row.get("currency"),
         "time_zone": row.get("time_zone"),
         "created_at": row.get("created_at"),
+        "credential_id": row.get("credential_id"),
     }
 
 

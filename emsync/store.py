@@ -1,4 +1,4 @@
-"""Users and integrations: every read and write of those two tables, including the state a sync leaves behind.
+"""Users, integrations and credentials: every read and write of those tables, including the state a sync leaves behind.
 
 How writes are made: each function takes a SQLAlchemy ``Connection`` inside a
 transaction the caller owns. Callers that write open it with
@@ -7,21 +7,24 @@ and takes the write lock up front with ``BEGIN IMMEDIATE``); readers use
 ``engine.begin()``. So an integration's rows (``campaign_rows``), its status
 here and its attempt record (``runs``) commit together or not at all. Every
 value reaches SQL as a bound parameter. Tokens are stored only as Fernet
-ciphertexts (``crypto.TokenBox``).
+ciphertexts (``crypto.TokenBox``), on ``credentials`` rows that many
+integrations may share; ``ENCRYPTED_COLUMNS`` lists every such column.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlmodel import SQLModel
 
 from . import validate
 from .clock import utcnow
 from .crypto import TokenBox
-from .domain import IntegrationState
-from .errors import UnknownUser, UserError
-from .models import attempts_t, integrations_t, metrics_t, users_t
+from .domain import Credentials, CredentialState, IntegrationState
+from .errors import ConfigError, UnknownUser, UserError
+from .models import attempts_t, credentials_t, integrations_t, metrics_t, users_t
 
 # ---------------------------------------------------------------- users
 
@@ -41,6 +44,14 @@ def list_users(conn) -> list[dict]:
     count = select(func.count(integrations_t.c.id)).where(integrations_t.c.user_id == users_t.c.id).scalar_subquery().label("integrations")
     query = select(users_t.c.id, users_t.c.email, users_t.c.name, users_t.c.created_at, count).order_by(users_t.c.id)
     return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def ensure_user(conn, email: str) -> tuple[int, bool]:
+    """(id, created): the user with that email, added when missing."""
+    try:
+        return user_id_for(conn, email), False
+    except UnknownUser:
+        return add_user(conn, email)["id"], True
 
 
 def user_id_for(conn, email: str) -> int:
@@ -66,53 +77,118 @@ def add_integration(
     refresh_token: str | None = None,
     login_customer_id: str | None = None,
 ) -> dict:
-    """Validate and insert one integration; tokens are stored encrypted.
+    """Validate and insert one integration with a typed-in token.
+
+    The token goes to a new credential, or to the one the same user's integrations already use when
+    it holds the identical token (a newer ``token_expires_at`` then updates it for all of them).
 
     Raises:
         UserError: unknown user, malformed id, missing or misplaced token, duplicate.
+        ConfigError: the configured key cannot decrypt the user's stored tokens to compare them.
     """
     platform = validate.platform(platform)
     account_id = validate.account_id(platform, account_id)
+    given = dict(access_token=access_token, token_expires_at=token_expires_at, refresh_token=refresh_token)
+    validate.platform_options(platform, login_customer_id=login_customer_id, **given)
     if platform == "meta":
         if access_token is None:
             raise UserError("a Meta integration needs --access-token")
-        if refresh_token is not None or login_customer_id is not None:
-            raise UserError("--refresh-token and --login-customer-id are for Google integrations")
         access_token = validate.token(access_token, "--access-token")
     else:
         if refresh_token is None:
             raise UserError("a Google integration needs --refresh-token")
-        if access_token is not None or token_expires_at is not None:
-            raise UserError("--access-token and --token-expires-at are for Meta integrations")
         refresh_token = validate.token(refresh_token, "--refresh-token")
         if login_customer_id is not None:
             login_customer_id = validate.google_customer_id(login_customer_id, "login customer id")
     user_id = user_id_for(conn, email)
-    duplicate = conn.execute(
+    duplicate = find_integration(conn, user_id, platform, account_id)
+    if duplicate is not None:
+        raise UserError(f"{email} already has {platform} account {account_id} (integration {duplicate})")
+    credential_id = credential_for_token(conn, box, user_id=user_id, platform=platform, token=access_token or refresh_token)
+    if credential_id is None:
+        credential_id = add_credential(
+            conn, box, platform=platform, access_token=access_token, refresh_token=refresh_token, token_expires_at=token_expires_at
+        )
+    elif token_expires_at is not None:
+        _set_credential(conn, credential_id, token_expires_at=token_expires_at)
+    new_id = insert_integration(
+        conn, user_id=user_id, platform=platform, account_id=account_id, credential_id=credential_id, login_customer_id=login_customer_id
+    )
+    return get_integration(conn, new_id)
+
+
+def find_integration(conn, user_id: int, platform: str, account_id: str) -> int | None:
+    """The id of a user's integration of that account (normalised id), or None."""
+    return conn.execute(
         select(integrations_t.c.id).where(
             integrations_t.c.user_id == user_id,
             integrations_t.c.platform == platform,
             integrations_t.c.account_id == account_id,
         )
     ).scalar()
-    if duplicate is not None:
-        raise UserError(f"{email} already has {platform} account {account_id} (integration {duplicate})")
+
+
+def insert_integration(
+    conn,
+    *,
+    user_id: int,
+    platform: str,
+    account_id: str,
+    credential_id: int,
+    login_customer_id: str | None = None,
+    account_name: str | None = None,
+    currency: str | None = None,
+    time_zone: str | None = None,
+) -> int:
+    """Insert an integration whose values are already validated; returns its id.
+
+    With ``currency`` or ``time_zone`` known (from discovery), the first sync does not ask for them.
+    """
     now = utcnow()
     values = {
         "user_id": user_id,
         "platform": platform,
         "account_id": account_id,
         "login_customer_id": login_customer_id,
+        "account_name": account_name,
+        "currency": currency,
+        "time_zone": time_zone,
         "is_active": True,
         "status": "never_synced",
-        "token_expires_at": token_expires_at,
-        "access_token_enc": box.encrypt(access_token),
-        "refresh_token_enc": box.encrypt(refresh_token),
+        "token_expires_at": _expiry(conn, credential_id),
+        "credential_id": credential_id,
         "created_at": now,
         "updated_at": now,
     }
-    new_id = conn.execute(insert(integrations_t).values(**values)).inserted_primary_key[0]
-    return get_integration(conn, new_id)
+    return conn.execute(insert(integrations_t).values(**values)).inserted_primary_key[0]
+
+
+def repoint_integration(conn, integration_id: int, credential_id: int, *, login_customer_id: str | None) -> None:
+    """Use another credential (a reconnect); a failing integration gets another chance (``never_synced``)."""
+    conn.execute(
+        update(integrations_t)
+        .where(integrations_t.c.id == integration_id)
+        .values(
+            credential_id=credential_id,
+            login_customer_id=login_customer_id,
+            token_expires_at=_expiry(conn, credential_id),
+            updated_at=utcnow(),
+        )
+    )
+    _give_another_chance(conn, integrations_t.c.id == integration_id)
+
+
+def _expiry(conn, credential_id: int) -> datetime | None:
+    return conn.execute(select(credentials_t.c.token_expires_at).where(credentials_t.c.id == credential_id)).scalar()
+
+
+def _give_another_chance(conn, where) -> None:
+    """New credentials end needs_reauth, error and rate_limited: back to never_synced until the next sync."""
+    conn.execute(
+        update(integrations_t)
+        .where(where, integrations_t.c.status.in_(("needs_reauth", "error", "rate_limited")))
+        .values(status="never_synced", last_error=None, rate_limited_until=None)
+    )
 
 
 _PUBLIC_COLUMNS = (
@@ -133,6 +209,7 @@ _PUBLIC_COLUMNS = (
     "time_zone",
     "created_at",
     "updated_at",
+    "credential_id",
 )
 
 
@@ -167,33 +244,41 @@ def update_credentials(
     token_expires_at: datetime | None = None,
     refresh_token: str | None = None,
     login_customer_id: str | None = None,
-) -> dict:
-    """New credentials after a user reconnects; a `needs_reauth` integration becomes `never_synced`."""
+) -> list[dict]:
+    """New tokens after a user reconnects, on the integration's credential: so for every integration using it.
+
+    ``login_customer_id`` changes this integration only. Each integration whose credential changed
+    leaves needs_reauth, error or rate_limited for never_synced. Returns the integrations changed,
+    in id order (this one and those sharing its credential).
+    """
     current = get_integration(conn, integration_id)
-    meta = current["platform"] == "meta"
-    if meta and (refresh_token is not None or login_customer_id is not None):
-        raise UserError("--refresh-token and --login-customer-id are for Google integrations")
-    if not meta and (access_token is not None or token_expires_at is not None):
-        raise UserError("--access-token and --token-expires-at are for Meta integrations")
-    values: dict = {}
-    if access_token is not None:
-        values["access_token_enc"] = box.encrypt(validate.token(access_token, "--access-token"))
-        values["token_expires_at"] = token_expires_at  # a new token without a date has an unknown expiry
-    elif token_expires_at is not None:
-        values["token_expires_at"] = token_expires_at
-    if refresh_token is not None:
-        values["refresh_token_enc"] = box.encrypt(validate.token(refresh_token, "--refresh-token"))
-        values["cached_access_token_enc"] = None
-        values["cached_access_token_expires_at"] = None
-    if login_customer_id is not None:
-        values["login_customer_id"] = validate.google_customer_id(login_customer_id, "login customer id")
-    if not values:
+    given = dict(access_token=access_token, token_expires_at=token_expires_at, refresh_token=refresh_token)
+    validate.platform_options(current["platform"], login_customer_id=login_customer_id, **given)
+    if all(v is None for v in (*given.values(), login_customer_id)):
         raise UserError("nothing to update: give --access-token, --token-expires-at, --refresh-token or --login-customer-id")
-    if current["status"] in ("needs_reauth", "error", "rate_limited"):
-        values.update(status="never_synced", last_error=None, rate_limited_until=None)
-    values["updated_at"] = utcnow()
-    conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))
-    return get_integration(conn, integration_id)
+    changed = [integration_id]
+    if login_customer_id is not None:
+        login = validate.google_customer_id(login_customer_id, "login customer id")
+        conn.execute(
+            update(integrations_t).where(integrations_t.c.id == integration_id).values(login_customer_id=login, updated_at=utcnow())
+        )
+        _give_another_chance(conn, integrations_t.c.id == integration_id)
+    credential_id = current["credential_id"]
+    if access_token is not None:
+        token = validate.token(access_token, "--access-token")
+        # A new token without a date has an unknown expiry.
+        _set_credential(conn, credential_id, access_token_enc=box.encrypt(token), token_expires_at=token_expires_at)
+    elif token_expires_at is not None:
+        _set_credential(conn, credential_id, token_expires_at=token_expires_at)
+    if refresh_token is not None:
+        token = validate.token(refresh_token, "--refresh-token")
+        _set_credential(
+            conn, credential_id, refresh_token_enc=box.encrypt(token), cached_access_token_enc=None, cached_access_token_expires_at=None
+        )
+    if any(v is not None for v in given.values()):
+        _give_another_chance(conn, integrations_t.c.credential_id == credential_id)
+        changed = integrations_using(conn, credential_id)
+    return [get_integration(conn, i) for i in sorted(set(changed))]
 
 
 def set_active(conn, integration_id: int, active: bool) -> dict:
@@ -211,25 +296,198 @@ def remove_integration(conn, integration_id: int) -> int:
     return rows
 
 
-def any_encrypted_token(conn) -> str | None:
-    """One stored ciphertext, to check the configured key before a run writes anything."""
-    column = func.coalesce(integrations_t.c.access_token_enc, integrations_t.c.refresh_token_enc)
-    return conn.execute(select(column).where(column.is_not(None)).limit(1)).scalar()
-
-
-def save_tokens(conn, integration_id: int, **values) -> None:
-    """Persist encrypted token columns a connector renewed."""
-    allowed = {"access_token_enc", "token_expires_at", "cached_access_token_enc", "cached_access_token_expires_at"}
-    assert set(values) <= allowed, values
-    conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))
-
-
 def save_account_info(conn, integration_id: int, *, currency: str | None, time_zone: str | None, name: str | None, now: datetime) -> None:
     conn.execute(
         update(integrations_t)
         .where(integrations_t.c.id == integration_id)
         .values(currency=currency, time_zone=time_zone, account_name=name, updated_at=now)
     )
+
+
+# ---------------------------------------------------------------- credentials
+
+# Every stored Fernet ciphertext, as (table, key column, token column): key checks and key rotation
+# enumerate tokens through this list only.
+ENCRYPTED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("credentials", "id", "access_token_enc"),
+    ("credentials", "id", "refresh_token_enc"),
+    ("credentials", "id", "cached_access_token_enc"),
+)
+_CREDENTIAL_COLUMNS = ("id", "platform", "platform_user", "token_type", "scopes", "token_expires_at", "created_at", "updated_at")
+
+
+def encrypted_tokens(conn) -> Iterator[tuple[str, str, int, str]]:
+    """Every stored ciphertext as (table, token column, key, ciphertext), in ``ENCRYPTED_COLUMNS`` order then key order."""
+    for table_name, key_name, column_name in ENCRYPTED_COLUMNS:
+        table = SQLModel.metadata.tables[table_name]
+        column, key = table.c[column_name], table.c[key_name]
+        for row_key, blob in conn.execute(select(key, column).where(column.is_not(None)).order_by(key)):
+            yield table_name, column_name, row_key, blob
+
+
+def any_encrypted_token(conn) -> str | None:
+    """One stored ciphertext, to check the configured key before a run writes anything."""
+    return next((blob for *_, blob in encrypted_tokens(conn)), None)
+
+
+def _token_values(
+    box: TokenBox,
+    *,
+    access_token: str | None = None,
+    refresh_token: str | None = None,
+    token_expires_at: datetime | None = None,
+    token_type: str | None = None,
+    scopes: tuple[str, ...] = (),
+    cached_access_token: str | None = None,
+    cached_access_token_expires_at: datetime | None = None,
+) -> dict:
+    """A credential's token columns: tokens encrypted, scopes space-separated."""
+    return dict(
+        token_type=token_type,
+        scopes=" ".join(scopes) or None,
+        token_expires_at=token_expires_at,
+        access_token_enc=box.encrypt(access_token),
+        refresh_token_enc=box.encrypt(refresh_token),
+        cached_access_token_enc=box.encrypt(cached_access_token),
+        cached_access_token_expires_at=cached_access_token_expires_at,
+    )
+
+
+def add_credential(conn, box: TokenBox, *, platform: str, platform_user: str | None = None, **tokens) -> int:
+    """Insert a credential; ``tokens`` are ``_token_values``' keywords (clear text, encrypted here). Returns its id."""
+    now = utcnow()
+    values = dict(platform=platform, platform_user=platform_user, created_at=now, updated_at=now, **_token_values(box, **tokens))
+    return conn.execute(insert(credentials_t).values(**values)).inserted_primary_key[0]
+
+
+def save_connected_credential(conn, box: TokenBox, *, platform: str, platform_user: str | None, **tokens) -> tuple[int, bool]:
+    """The credential of a login just connected: the Google user's or Meta user's row, given the new tokens
+    (one credential per login; its integrations leave needs_reauth), else a new one. Returns (id, created)."""
+    existing = None
+    if platform_user is not None:
+        existing = conn.execute(
+            select(credentials_t.c.id).where(credentials_t.c.platform == platform, credentials_t.c.platform_user == platform_user)
+        ).scalar()
+    if existing is None:
+        return add_credential(conn, box, platform=platform, platform_user=platform_user, **tokens), True
+    _set_credential(conn, existing, **_token_values(box, **tokens))
+    _give_another_chance(conn, integrations_t.c.credential_id == existing)
+    return existing, False
+
+
+def _set_credential(conn, credential_id: int, **values) -> None:
+    """Change a credential's columns; a new ``token_expires_at`` is copied to its integrations."""
+    conn.execute(update(credentials_t).where(credentials_t.c.id == credential_id).values(**values, updated_at=utcnow()))
+    if "token_expires_at" in values:
+        conn.execute(
+            update(integrations_t)
+            .where(integrations_t.c.credential_id == credential_id)
+            .values(token_expires_at=values["token_expires_at"])
+        )
+
+
+def credential_for_token(conn, box: TokenBox, *, user_id: int, platform: str, token: str | None) -> int | None:
+    """The credential of the user's integrations on ``platform`` that holds exactly ``token`` (Meta access
+    token, Google refresh token), or None. Decrypts to compare: Fernet ciphertexts of one token differ."""
+    if token is None:
+        return None
+    column = credentials_t.c.access_token_enc if platform == "meta" else credentials_t.c.refresh_token_enc
+    candidates = conn.execute(
+        select(credentials_t.c.id, column)
+        .where(
+            credentials_t.c.platform == platform,
+            credentials_t.c.id.in_(select(integrations_t.c.credential_id).where(integrations_t.c.user_id == user_id)),
+        )
+        .order_by(credentials_t.c.id)
+    )
+    return next((credential_id for credential_id, blob in candidates if blob and box.decrypt(blob) == token), None)
+
+
+def integrations_using(conn, credential_id: int) -> list[int]:
+    query = select(integrations_t.c.id).where(integrations_t.c.credential_id == credential_id).order_by(integrations_t.c.id)
+    return list(conn.execute(query).scalars())
+
+
+def list_credentials(conn) -> list[dict]:
+    """Credentials without tokens, in id order, each with ``integrations`` (ids) and ``emails`` (their users)."""
+    rows = [dict(r._mapping) for r in conn.execute(select(*(credentials_t.c[c] for c in _CREDENTIAL_COLUMNS)).order_by(credentials_t.c.id))]
+    used = conn.execute(
+        select(integrations_t.c.credential_id, integrations_t.c.id, users_t.c.email)
+        .join(users_t, users_t.c.id == integrations_t.c.user_id)
+        .order_by(integrations_t.c.id)
+    ).all()
+    for row in rows:
+        row["integrations"] = [i for c, i, _ in used if c == row["id"]]
+        row["emails"] = sorted({e for c, _, e in used if c == row["id"]})
+    return rows
+
+
+def get_credential(conn, credential_id: int) -> dict:
+    found = next((c for c in list_credentials(conn) if c["id"] == credential_id), None)
+    if found is None:
+        raise UserError(f"no credential with id {credential_id}: see 'emsync credentials list'")
+    return found
+
+
+def removable_credential(conn, credential_id: int, *, with_integrations: bool) -> dict:
+    """The credential (as ``list_credentials`` shows it) when it may be removed.
+
+    Raises:
+        UserError: unknown id, or integrations use it and ``with_integrations`` is false.
+    """
+    credential = get_credential(conn, credential_id)
+    if credential["integrations"] and not with_integrations:
+        listed = ", ".join(map(str, credential["integrations"]))
+        raise UserError(f"credential {credential_id} is used by integrations {listed}: remove them first, or pass --with-integrations")
+    return credential
+
+
+def remove_credential(conn, credential_id: int, *, with_integrations: bool = False) -> dict[int, int]:
+    """Delete a credential; with ``with_integrations`` first the integrations using it, with their rows.
+
+    Returns {integration id: metric rows deleted}. Raises what ``removable_credential`` raises.
+    """
+    using = removable_credential(conn, credential_id, with_integrations=with_integrations)["integrations"]
+    removed = {integration_id: remove_integration(conn, integration_id) for integration_id in using}
+    conn.execute(delete(credentials_t).where(credentials_t.c.id == credential_id))
+    return removed
+
+
+def merge_identical_credentials(conn, box: TokenBox) -> int:
+    """Let integrations whose credentials hold the same token share one credential; returns how many were merged away.
+
+    Migration 0004 gives every integration a credential of its own (it cannot decrypt). With the key
+    this finds equal tokens. The kept credential is the connected one (with a ``platform_user``) or
+    the oldest; it takes the earliest known expiry and the freshest cached access token. Tokens the
+    key cannot decrypt are left alone.
+    """
+    groups: dict[tuple[str, str], list] = {}
+    for row in conn.execute(select(credentials_t).order_by(credentials_t.c.id)):
+        try:
+            token = box.decrypt(row.access_token_enc if row.platform == "meta" else row.refresh_token_enc)
+        except ConfigError:
+            continue
+        if token:
+            groups.setdefault((row.platform, token), []).append(row)
+    merged = 0
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        keep = next((r for r in rows if r.platform_user), rows[0])
+        others = [r.id for r in rows if r.id != keep.id]
+        expiries = [r.token_expires_at for r in rows if r.token_expires_at is not None]
+        cached = max(rows, key=lambda r: r.cached_access_token_expires_at or datetime.min.replace(tzinfo=UTC))
+        conn.execute(update(integrations_t).where(integrations_t.c.credential_id.in_(others)).values(credential_id=keep.id))
+        conn.execute(delete(credentials_t).where(credentials_t.c.id.in_(others)))
+        _set_credential(
+            conn,
+            keep.id,
+            token_expires_at=min(expiries) if expiries else None,
+            cached_access_token_enc=cached.cached_access_token_enc,
+            cached_access_token_expires_at=cached.cached_access_token_expires_at,
+        )
+        merged += len(others)
+    return merged
 
 
 # ---------------------------------------------------------------- what a sync reads and leaves behind
@@ -242,6 +500,29 @@ def integration_state(conn, integration_id: int) -> IntegrationState | None:
         return None
     fields = IntegrationState.__dataclass_fields__
     return IntegrationState(**{k: v for k, v in row._mapping.items() if k in fields})
+
+
+def credential_state(conn, credential_id: int) -> CredentialState | None:
+    """A credential as the engine reads it before refreshing (tokens still encrypted); None when it was removed."""
+    row = conn.execute(select(credentials_t).where(credentials_t.c.id == credential_id)).first()
+    if row is None:
+        return None
+    fields = CredentialState.__dataclass_fields__
+    return CredentialState(**{k: v for k, v in row._mapping.items() if k in fields})
+
+
+def save_tokens(conn, box: TokenBox, credential_id: int, creds: Credentials) -> None:
+    """Persist what a connector renewed (a Meta token, a cached Google access token), encrypted, for every
+    integration using the credential; ``creds.changed`` is cleared."""
+    _set_credential(
+        conn,
+        credential_id,
+        access_token_enc=box.encrypt(creds.access_token),
+        token_expires_at=creds.token_expires_at,
+        cached_access_token_enc=box.encrypt(creds.cached_access_token),
+        cached_access_token_expires_at=creds.cached_access_token_expires_at,
+    )
+    creds.changed = False
 
 
 def mark_success(conn, integration_id: int, *, finished_at: datetime, full: bool) -> None:

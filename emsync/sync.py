@@ -3,11 +3,19 @@
 The path of one integration, top to bottom in ``Syncer``:
 
     _sync_one      claim it (locks.py) and read its IntegrationState (store.py)
-    _attempt       decrypt Credentials, then
-      _fetch         connector.prepare → account_info (first sync) → fetch(window)
-      _save_success  one write transaction: renewed tokens, the window (campaign_rows.py),
-                     the attempt record (runs.py), the integration's status (store.py)
-      _save_failure  one write transaction: renewed tokens, the attempt, the failing status
+    _attempt       then
+      _fetch         _prepare → account_info (first sync) → fetch(window)
+        _prepare       under the credential's lock: re-read the credential (store.py), decrypt its
+                       Credentials, connector.prepare (refresh or renew), save what changed at once
+      _save_success  one write transaction: the window (campaign_rows.py), the attempt record
+                     (runs.py), the integration's status (store.py)
+      _save_failure  one write transaction: the attempt, the failing status
+
+Integrations share credentials (one Google login, one Meta user): a Google
+access token is refreshed once per credential and cached on it for every
+integration (threads of one process wait on a per-credential lock and find it
+cached), a Meta token is renewed once per credential, and a credential Google
+or Meta refused is not tried again in the same run.
 
 Each integration is independent: its own claim, its own transaction, its own
 error. Whatever goes wrong for one integration — claim, fetch, write, even
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -31,7 +40,7 @@ from .config import Settings
 from .crypto import TokenBox
 from .db import write_transaction
 from .domain import AccountInfo, Connector, Credentials, Fetched, IntegrationState, SyncWindow, account_label
-from .errors import ApiError, EmsyncError, RateLimited
+from .errors import ApiError, EmsyncError, NeedsReauth, RateLimited
 from .healthcheck import Healthcheck
 from .http import HttpClient, new_session
 from .locks import locker_for
@@ -215,6 +224,9 @@ class Syncer:
         self.on_start = on_start or (lambda due: None)
         self.host = socket.gethostname()
         register_secret(*settings.secrets())
+        self._credential_locks: dict[int, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._refused: dict[int, str] = {}  # credential id -> why the platform refused it in this run
 
     # ---------------------------------------------------------------- a run
 
@@ -257,6 +269,7 @@ class Syncer:
     def _run(self, options: SyncOptions, opened: RunResult | None) -> RunResult:
         clock = time.monotonic()
         result = opened or self.open_run(options)
+        self._refused.clear()
         try:
             with self.db.begin() as conn:
                 due = runs.due_integrations(
@@ -326,9 +339,7 @@ class Syncer:
         started = self.clock.now()
         clock = time.monotonic()
         api = HttpClient(session, timeout=s.http_timeout, attempts=s.retry_attempts, max_wait=s.retry_max_wait, clock=self.clock)
-        work = _Fetch(
-            Credentials(token_expires_at=state.token_expires_at, cached_access_token_expires_at=state.cached_access_token_expires_at)
-        )
+        work = _Fetch(Credentials())
         try:
             self._fetch(state, work, api, force_full=options.full, now=started)
             result.window = work.window
@@ -346,26 +357,58 @@ class Syncer:
         result.duration_s = time.monotonic() - clock
 
     def _fetch(self, state: IntegrationState, work: _Fetch, api: HttpClient, *, force_full: bool, now: datetime) -> None:
-        """Decrypt, prepare the credentials, learn the account once, read the window. Fills ``work`` as it goes."""
+        """Prepare the credentials, learn the account once, read the window. Fills ``work`` as it goes."""
         creds = work.creds
-        creds.access_token = self.box.decrypt(state.access_token_enc)
-        creds.refresh_token = self.box.decrypt(state.refresh_token_enc)
-        creds.cached_access_token = self.box.decrypt(state.cached_access_token_enc)
-        register_secret(*creds.secrets())
         connector = make_connector(state.platform, self.settings, api, self.clock)
-        connector.prepare(creds)
+        self._prepare(state.credential_id, connector, creds)
         if state.currency is None and state.time_zone is None:
             work.info = connector.account_info(state.account, creds)
             state = _with_info(state, work.info)
         work.window = window_for(state, self.settings, force_full=force_full, now=now)
         work.fetched = connector.fetch(state.account, work.window, creds)
 
+    def _prepare(self, credential_id: int, connector: Connector, creds: Credentials) -> None:
+        """Fill ``creds`` from the credential, refreshed or renewed when due, once for all its integrations.
+
+        Under the credential's lock the row is read again: another thread may have refreshed it a
+        moment ago. A refresh or renewal is saved at once, so the threads that wait find it.
+
+        Raises:
+            NeedsReauth: the platform refused the credential (now, or earlier in this run).
+        """
+        with self._lock_for(credential_id):
+            refused = self._refused.get(credential_id)
+            if refused is not None:
+                raise NeedsReauth(refused)
+            with self.db.begin() as conn:
+                stored = store.credential_state(conn, credential_id)
+            if stored is None:
+                raise NeedsReauth("the integration's credential was removed: connect the account again")
+            creds.access_token = self.box.decrypt(stored.access_token_enc)
+            creds.refresh_token = self.box.decrypt(stored.refresh_token_enc)
+            creds.cached_access_token = self.box.decrypt(stored.cached_access_token_enc)
+            creds.token_expires_at = stored.token_expires_at
+            creds.cached_access_token_expires_at = stored.cached_access_token_expires_at
+            register_secret(*creds.secrets())
+            try:
+                connector.prepare(creds)
+            except NeedsReauth as exc:
+                self._refused[credential_id] = str(exc)
+                raise
+            if creds.changed:
+                with write_transaction(self.db) as conn:
+                    store.save_tokens(conn, self.box, credential_id, creds)
+
+    def _lock_for(self, credential_id: int) -> threading.Lock:
+        with self._locks_guard:
+            return self._credential_locks.setdefault(credential_id, threading.Lock())
+
     def _save_success(self, state: IntegrationState, work: _Fetch, run_id: int, started: datetime, requests: int) -> int:
         """One write transaction: what the connector learnt, the window, the attempt, the status. Returns rows written."""
         assert work.window is not None and work.fetched is not None
         currency = work.info.currency if work.info else state.currency
         with write_transaction(self.db) as conn:
-            self._remember(conn, state.id, work)
+            self._remember(conn, state, work)
             rows = campaign_rows.replace_window(conn, state.id, work.window, work.fetched.rows, currency, started)
             finished = self.clock.now()
             runs.record_attempt(
@@ -389,7 +432,7 @@ class Syncer:
         """One write transaction: a renewed token must survive the failure; the attempt and the failing status."""
         error = result.error or result.status
         with write_transaction(self.db) as conn:
-            self._remember(conn, state.id, work)
+            self._remember(conn, state, work)
             finished = self.clock.now()
             runs.record_attempt(
                 conn,
@@ -405,21 +448,13 @@ class Syncer:
             )
             store.mark_failure(conn, state.id, finished_at=finished, status=result.status, error=error, retry_at=result.retry_at)
 
-    def _remember(self, conn, integration_id: int, work: _Fetch) -> None:
-        """Persist renewed tokens and first-sync account metadata, inside the caller's transaction."""
-        creds = work.creds
-        if creds.changed:
-            store.save_tokens(
-                conn,
-                integration_id,
-                access_token_enc=self.box.encrypt(creds.access_token),
-                token_expires_at=creds.token_expires_at,
-                cached_access_token_enc=self.box.encrypt(creds.cached_access_token),
-                cached_access_token_expires_at=creds.cached_access_token_expires_at,
-            )
+    def _remember(self, conn, state: IntegrationState, work: _Fetch) -> None:
+        """Persist a token refreshed during the fetch (a Google 401) and first-sync account metadata, inside the caller's transaction."""
+        if work.creds.changed:
+            store.save_tokens(conn, self.box, state.credential_id, work.creds)
         if work.info is not None:
             store.save_account_info(
-                conn, integration_id, currency=work.info.currency, time_zone=work.info.time_zone, name=work.info.name, now=self.clock.now()
+                conn, state.id, currency=work.info.currency, time_zone=work.info.time_zone, name=work.info.name, now=self.clock.now()
             )
 
     def _log_result(self, result: IntegrationResult, run_id: int) -> None:

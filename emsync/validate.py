@@ -74,6 +74,14 @@ def token(value: str, option: str) -> str:
     return value
 
 
+def platform_options(platform_name: str, *, access_token, token_expires_at, refresh_token, login_customer_id) -> None:
+    """Refuse the other platform's token options (values unchecked: only whether they were given)."""
+    if platform_name == "meta" and (refresh_token is not None or login_customer_id is not None):
+        raise UserError("--refresh-token and --login-customer-id are for Google integrations")
+    if platform_name == "google" and (access_token is not None or token_expires_at is not None):
+        raise UserError("--access-token and --token-expires-at are for Meta integrations")
+
+
 def expiry(value: str) -> datetime:
     """An ISO-8601 date or date-time; naive values are taken as UTC."""
     raw = value.strip()

@@ -178,6 +178,16 @@ def sqlite_url(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def sq_engine(sqlite_url):
+    """An engine on the SQLite database only, for tests that need not run on both backends."""
+    from emsync import db
+
+    engine = db.make_engine(sqlite_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
 def any_db(request):
     """A migrated database: both backends where the test asks for ``engine``/``db_url``, else SQLite only."""
     if {"engine", "db_url"} & set(request.fixturenames):

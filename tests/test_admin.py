@@ -21,7 +21,7 @@ def test_init_creates_schema_and_is_idempotent(cli, empty_db_url, monkeypatch):
     monkeypatch.setenv("EMSYNC_SECRET_KEY", TEST_KEY)
     first = cli("init")
     assert first.code == 0, first.err
-    assert "Created the emsync schema (0001)" in first.out
+    assert f"Created the emsync schema ({db.HEAD})" in first.out
     assert cli("users", "add", "a@example.com").code == 0
     second = cli("init")
     assert second.code == 0 and "up to date" in second.out
@@ -185,7 +185,7 @@ def test_tokens_are_encrypted_at_rest_and_never_listed(cli, db_url, engine, back
     listing = cli("integrations", "list", "--json").out + cli("integrations", "list").out + cli("status", "--json").out
     assert "distinctive" not in listing
     with engine.connect() as conn:
-        encrypted = conn.execute(text("SELECT access_token_enc, refresh_token_enc FROM integrations ORDER BY id")).all()
+        encrypted = conn.execute(text("SELECT access_token_enc, refresh_token_enc FROM credentials ORDER BY id")).all()
     assert encrypted[0][0].startswith("gAAAA") and encrypted[1][1].startswith("gAAAA")
     if backend == "sqlite":
         engine.dispose()

@@ -10,20 +10,12 @@ from decimal import Decimal
 
 import pytest
 
-from emsync import db
 from emsync.connectors.meta import pick_conversions, throttle_delay, usage
 
 from .conftest import TEST_KEY, add_meta
 from .helpers import expected, integration, quantized, stored, values
 
 pytestmark = pytest.mark.usefixtures("any_db")
-
-
-@pytest.fixture
-def sq_engine(sqlite_url):
-    engine = db.make_engine(sqlite_url)
-    yield engine
-    engine.dispose()
 
 
 def test_exact_rows_over_several_pages_and_one_account_request(cli, engine, make_sandbox):
@@ -242,7 +234,10 @@ def test_token_expiring_within_7_days_is_exchanged_and_stored(cli, sq_engine, ma
     from emsync.crypto import TokenBox
 
     with sq_engine.connect() as conn:
-        blob = conn.execute(text("SELECT access_token_enc FROM integrations WHERE id=:i"), {"i": integration_id}).scalar()
+        blob = conn.execute(
+            text("SELECT c.access_token_enc FROM credentials c JOIN integrations i ON i.credential_id = c.id WHERE i.id=:i"),
+            {"i": integration_id},
+        ).scalar()
     assert TokenBox(TEST_KEY).decrypt(blob) in sb.meta_tokens_issued
     assert integration(cli, other)["token_expires_at"] is not None and integration(cli, system)["token_expires_at"] is None
     sb.reset_log()

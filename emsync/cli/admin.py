@@ -23,11 +23,12 @@ def init(typer_ctx: typer.Context) -> None:
     """
     from .. import db
     from ..config import user_env_file
-    from ..keys import ensure_secret_key
+    from ..keys import check_key_before_upgrade, ensure_secret_key
 
     ctx = state(typer_ctx)
     settings = ctx.settings
     engine = ctx.engine(check=False, create=True)
+    check_key_before_upgrade(engine, settings)
     before, after = db.upgrade(engine, settings.database_url)
     where = db.describe_url(settings.database_url)
     if before == after:
@@ -36,6 +37,13 @@ def init(typer_ctx: typer.Context) -> None:
         print(f"Created the emsync schema ({after}) in {where}.")
     else:
         print(f"Upgraded the schema of {where} from {before} to {after}.")
+    if before in db.REVISIONS and db.REVISIONS.index(before) < db.REVISIONS.index("0004") and settings.secret_key:
+        from .. import store
+
+        with ctx.transaction() as conn:
+            merged = store.merge_identical_credentials(conn, ctx.box())
+        if merged:
+            print(f"Integrations holding the same token now share one credential ({merged} duplicate credentials merged).")
     written = ensure_secret_key(settings, settings.env_file or user_env_file())
     if written:
         print(f"Generated EMSYNC_SECRET_KEY and wrote it to {written} (mode 0600). Keep a copy: tokens cannot be decrypted without it.")
@@ -156,6 +164,8 @@ def integrations_update(
 ) -> None:
     """Replace credentials after a user reconnects; clears needs_reauth.
 
+    A new token replaces the integration's credential, so every integration sharing it gets it (each is listed).
+
     Example: [bold]emsync integrations update 3 --access-token EAAB... --token-expires-at 2027-01-28[/bold]
     """
     from .. import store, validate
@@ -165,7 +175,7 @@ def integrations_update(
     expires = _expiry(token_expires_at)
     box = ctx.box()
     with ctx.transaction() as conn:
-        row = store.update_credentials(
+        rows = store.update_credentials(
             conn,
             box,
             integration_id,
@@ -174,7 +184,12 @@ def integrations_update(
             refresh_token=refresh_token,
             login_customer_id=login_customer_id,
         )
-    print(f"Updated integration {row['id']} ({row['platform']}, {row['email']}); status {row['status']}")
+    from ..domain import account_label
+
+    for row in rows:
+        shared = "" if row["id"] == integration_id else f", shares credential {row['credential_id']}"
+        label = account_label(row["platform"], row["account_id"])
+        print(f"Updated integration {row['id']} ({row['platform']} {label}, {row['email']}{shared}); status {row['status']}")
 
 
 def _set_active(typer_ctx: typer.Context, integration_id: int, active: bool) -> None:

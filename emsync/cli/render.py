@@ -59,7 +59,7 @@ def users_table(users: list[dict]) -> Table:
 
 def integrations_table(rows: list[dict]) -> Table:
     table = Table(title="Integrations")
-    for col in ("id", "user", "platform", "account", "active", "status", "last sync", "token expires", "last error"):
+    for col in ("id", "user", "platform", "account", "cred", "active", "status", "last sync", "token expires", "last error"):
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
@@ -67,6 +67,7 @@ def integrations_table(rows: list[dict]) -> Table:
             r["email"],
             r["platform"],
             account_label(r["platform"], r["account_id"]),
+            str(r["credential_id"]),
             "yes" if r["is_active"] else "no",
             _status(r["status"]),
             _when(r["last_synced_at"]),
@@ -83,6 +84,7 @@ def print_status(console: Console, report: dict) -> None:
         "user",
         "platform",
         "account",
+        "cred",
         "status",
         "last success",
         "rows in window",
@@ -101,6 +103,7 @@ def print_status(console: Console, report: dict) -> None:
             i["email"],
             i["platform"],
             i["account"],
+            str(i["credential_id"]),
             status,
             _when(i["last_synced_at"]),
             str(i["rows_in_window"]),
