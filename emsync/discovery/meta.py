@@ -157,12 +157,33 @@ def ad_accounts(http: HttpClient, graph: GraphApi, edge: str = "me/adaccounts", 
         raw = str(item.get("account_id") or str(item.get("id", "")).removeprefix("act_"))
         if not raw.isdigit():
             raise FatalApiError(f"Meta returned an ad account without a numeric id on {edge}")
-        try:
-            status = int(item.get("account_status", 0))
-        except (TypeError, ValueError):
-            status = 0
-        accounts.append(MetaAdAccount(raw, item.get("name"), status, item.get("currency"), item.get("timezone_name"), found_via))
+        accounts.append(_account(item, raw, found_via))
     return accounts
+
+
+def _account(item: dict, account_id: str, found_via: str) -> MetaAdAccount:
+    try:
+        status = int(item.get("account_status", 0))
+    except (TypeError, ValueError):
+        status = 0
+    return MetaAdAccount(account_id, item.get("name"), status, item.get("currency"), item.get("timezone_name"), found_via)
+
+
+def ad_account(http: HttpClient, graph: GraphApi, account_id: str) -> MetaAdAccount:
+    """One ad account read with the token (``GET /act_ID``): proves the token reaches it, and its status.
+
+    Raises:
+        GraphRefused: the token's user cannot read it (code 200, 10, or 100 for an unknown id).
+        NeedsReauth: the token is invalid.
+    """
+    register_secret(graph.access_token, graph.app_secret)
+    body = http.send(
+        "GET",
+        f"{graph.graph_url}/{graph.version}/act_{account_id}",
+        params={**graph.params(), "fields": AD_ACCOUNT_FIELDS.removeprefix("id,account_id,")},
+        classify=_classify_meta,
+    )
+    return _account(body, account_id, "me")
 
 
 def businesses(http: HttpClient, graph: GraphApi) -> list[tuple[str, str | None]]:
