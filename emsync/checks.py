@@ -61,7 +61,7 @@ class CheckResult:
 
 
 def check_integrations(settings: Settings, engine, ids: list[int] | None, *, clock: Clock = SYSTEM_CLOCK) -> list[CheckResult]:
-    """Check the integrations ``ids`` (None: every one), credential by credential, in id order.
+    """Check the integrations ``ids`` (None: every active one), credential by credential, in id order.
 
     Raises:
         UserError: an unknown integration id; ConfigError: no secret key.
@@ -75,6 +75,8 @@ def check_integrations(settings: Settings, engine, ids: list[int] | None, *, clo
         if unknown:
             raise UserError(f"no integration with id {', '.join(unknown)}: see 'emsync integrations list'")
         rows = [r for r in rows if r["id"] in set(ids)]
+    else:
+        rows = [r for r in rows if r["is_active"]]  # a disabled account is often one known to be closed
     http = http_client(settings)
     results: list[CheckResult] = []
     by_credential: dict[int, list[dict]] = {}

@@ -315,3 +315,16 @@ def test_import_refuses_files_of_the_wrong_shape(cli, sqlite_url, tmp_path, cont
 def test_import_of_a_missing_file_is_one_line(cli, sqlite_url, tmp_path):
     result = cli("integrations", "import", str(tmp_path / "nope.csv"))
     assert result.code == 2 and "cannot read" in result.err and result.err.count("\n") == 1
+
+
+def test_check_all_leaves_disabled_integrations_out_unless_named(cli, make_sandbox, sqlite_url):
+    sb = make_sandbox({"meta_accounts": {"7": {"account_status": 101}}})
+    ok = add_meta(cli, ANNA, "act_6", "EAABgood")
+    closed = add_meta(cli, ANNA, "act_7", "EAABgood")
+    assert cli("integrations", "check", "--all").code == 1
+    assert cli("integrations", "disable", str(closed)).code == 0
+    checked = cli("integrations", "check", "--all", "--json")
+    assert checked.code == 0 and [c["id"] for c in json.loads(checked.out)] == [ok]
+    named = cli("integrations", "check", str(closed), "--json")
+    assert named.code == 1 and "CLOSED" in json.loads(named.out)[0]["problem"]
+    assert sb.count("meta.account", "7") == 2

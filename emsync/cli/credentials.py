@@ -117,7 +117,7 @@ def credentials_remove(
 def integrations_check(
     typer_ctx: typer.Context,
     integration_ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...", help="Integrations to check.")] = None,
-    every: Annotated[bool, typer.Option("--all", help="Check every integration.")] = False,
+    every: Annotated[bool, typer.Option("--all", help="Check every active integration.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Test credentials and account access without syncing: one cheap call per credential and per account.
