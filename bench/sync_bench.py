@@ -227,6 +227,7 @@ def measure(scenario: str, db_kind: str, concurrency: int, latency_ms: int, inte
                     "HOME": str(tmp),
                     "XDG_CONFIG_HOME": str(tmp / "cfg"),
                     "EMSYNC_HTTP_TIMEOUT": "120",
+                    "EMSYNC_MIN_INTERVAL_MINUTES": "0",  # the steady run re-syncs on purpose
                 }
             )
             full = None

@@ -116,6 +116,7 @@ class IntegrationState:
     time_zone: str | None
     last_attempt_at: datetime | None
     last_full_sync_at: datetime | None
+    last_sync_started_at: datetime | None
     token_expires_at: datetime | None
     cached_access_token_expires_at: datetime | None
     access_token_enc: str | None = field(default=None, repr=False)

@@ -15,8 +15,8 @@ from sqlalchemy import insert, or_, select, update
 from .domain import SyncWindow
 from .models import attempts_t, integrations_t, runs_t, users_t
 
-# A run on another host that has not written for this long is taken as dead.
-STALE_RUN = timedelta(hours=2)
+# A run whose heartbeat (every 30 s, heartbeat.py) is this old is taken as dead.
+STALE_RUN = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,7 @@ def record_attempt(
     api_requests: int,
     error: str | None,
 ) -> None:
-    """One attempt's record; also the run's heartbeat."""
+    """One attempt's record (the run's own row is not touched: see ``heartbeat``)."""
     conn.execute(
         insert(attempts_t).values(
             run_id=run_id,
@@ -108,11 +108,19 @@ def record_attempt(
             error=error,
         )
     )
-    conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(heartbeat_at=finished_at))
 
 
-def due_integrations(conn, *, email: str | None, platform: str | None, include_reauth: bool, now: datetime) -> list[DueIntegration]:
-    """Active integrations a run should take, in id order (see CONTRACT.md, "Which integrations a run takes")."""
+def heartbeat(conn, run_id: int, *, now: datetime) -> None:
+    conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(heartbeat_at=now))
+
+
+def due_integrations(
+    conn, *, email: str | None, platform: str | None, include_reauth: bool, now: datetime, fresh_after: datetime | None = None
+) -> list[DueIntegration]:
+    """Active integrations a run should take, in id order (see CONTRACT.md, "Which integrations a run takes").
+
+    ``fresh_after``: leave out integrations whose last successful sync started at or after it (freshness).
+    """
     query = (
         select(integrations_t.c.id, integrations_t.c.platform, integrations_t.c.account_id, users_t.c.email)
         .join(users_t, users_t.c.id == integrations_t.c.user_id)
@@ -128,6 +136,9 @@ def due_integrations(conn, *, email: str | None, platform: str | None, include_r
     )
     if not include_reauth:
         query = query.where(integrations_t.c.status != "needs_reauth")
+    if fresh_after is not None:
+        started = integrations_t.c.last_sync_started_at
+        query = query.where(or_(started.is_(None), started < fresh_after))
     if email is not None:
         query = query.where(users_t.c.email == email)
     if platform is not None:

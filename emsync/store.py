@@ -244,9 +244,10 @@ def integration_state(conn, integration_id: int) -> IntegrationState | None:
     return IntegrationState(**{k: v for k, v in row._mapping.items() if k in fields})
 
 
-def mark_success(conn, integration_id: int, *, finished_at: datetime, full: bool) -> None:
+def mark_success(conn, integration_id: int, *, started_at: datetime, finished_at: datetime, full: bool) -> None:
     values = dict(
         status="ok",
+        last_sync_started_at=started_at,
         last_synced_at=finished_at,
         last_attempt_at=finished_at,
         last_error=None,
