@@ -105,7 +105,8 @@ def make_engine(url: str, *, pool_size: int = 4, create: bool = False):
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=POOL_WAIT_S,
-        connect_args={"connect_timeout": 10},
+        # application_name: an operator (and the tests) can count emsync's connections in pg_stat_activity.
+        connect_args={"connect_timeout": 10, "application_name": "emsync"},
     )
 
 
@@ -135,7 +136,6 @@ def connection_refused(exc: BaseException) -> bool:
 
 
 def _refusal_tolerant_pool():
-    from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import QueuePool
 
     class Pool(QueuePool):
@@ -148,12 +148,11 @@ def _refusal_tolerant_pool():
             while True:
                 try:
                     return super()._do_get()
-                except DBAPIError as exc:
+                except Exception as exc:  # the driver's own error: the pool raises it unwrapped
                     if not connection_refused(exc) or time.monotonic() + delay > deadline:
                         raise
-                    log.warning(
-                        "PostgreSQL refused a connection (%s); retrying in %.1fs", str(exc.orig).strip().splitlines()[0][:120], delay
-                    )
+                    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:160]
+                    log.warning("PostgreSQL refused a connection (%s); retrying in %.1fs", reason, delay)
                     time.sleep(delay + random.uniform(0, delay / 2))
                     delay = min(delay * 2, 8.0)
 

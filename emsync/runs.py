@@ -21,12 +21,13 @@ STALE_RUN = timedelta(minutes=5)
 
 @dataclass(frozen=True, slots=True)
 class DueIntegration:
-    """An integration a run will try, with what its log lines name."""
+    """An integration a run will try, with what its log lines name, and when its last successful sync started."""
 
     id: int
     platform: str
     account_id: str
     email: str
+    last_sync_started_at: datetime | None = None
 
 
 def pid_alive(pid: int) -> bool:
@@ -114,15 +115,20 @@ def heartbeat(conn, run_id: int, *, now: datetime) -> None:
     conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(heartbeat_at=now))
 
 
-def due_integrations(
-    conn, *, email: str | None, platform: str | None, include_reauth: bool, now: datetime, fresh_after: datetime | None = None
-) -> list[DueIntegration]:
+def due_integrations(conn, *, email: str | None, platform: str | None, include_reauth: bool, now: datetime) -> list[DueIntegration]:
     """Active integrations a run should take, in id order (see CONTRACT.md, "Which integrations a run takes").
 
-    ``fresh_after``: leave out integrations whose last successful sync started at or after it (freshness).
+    Freshness (``EMSYNC_MIN_INTERVAL_MINUTES``) is the engine's to judge, from ``last_sync_started_at``,
+    so that it can report those it skips.
     """
     query = (
-        select(integrations_t.c.id, integrations_t.c.platform, integrations_t.c.account_id, users_t.c.email)
+        select(
+            integrations_t.c.id,
+            integrations_t.c.platform,
+            integrations_t.c.account_id,
+            users_t.c.email,
+            integrations_t.c.last_sync_started_at,
+        )
         .join(users_t, users_t.c.id == integrations_t.c.user_id)
         .where(integrations_t.c.is_active.is_(True))
         .where(
@@ -136,14 +142,11 @@ def due_integrations(
     )
     if not include_reauth:
         query = query.where(integrations_t.c.status != "needs_reauth")
-    if fresh_after is not None:
-        started = integrations_t.c.last_sync_started_at
-        query = query.where(or_(started.is_(None), started < fresh_after))
     if email is not None:
         query = query.where(users_t.c.email == email)
     if platform is not None:
         query = query.where(integrations_t.c.platform == platform)
-    return [DueIntegration(r.id, r.platform, r.account_id, r.email) for r in conn.execute(query)]
+    return [DueIntegration(r.id, r.platform, r.account_id, r.email, r.last_sync_started_at) for r in conn.execute(query)]
 
 
 def recent_runs(conn, limit: int = 10) -> list[dict]:

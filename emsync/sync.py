@@ -294,16 +294,19 @@ class Syncer:
             fresh_after = self._fresh_after(options, result.started_at)
             with self.db.begin() as conn:
                 due = runs.due_integrations(
-                    conn,
-                    email=options.email,
-                    platform=options.platform,
-                    include_reauth=options.email is not None,
-                    now=result.started_at,
-                    fresh_after=fresh_after,
+                    conn, email=options.email, platform=options.platform, include_reauth=options.email is not None, now=result.started_at
                 )
             result.due = len(due)
             log.info("Found %d active integrations%s", len(due), f" for {options.email}" if options.email else "")
             self.on_start(len(due))
+            fresh = [item for item in due if _is_fresh(item.last_sync_started_at, fresh_after)]
+            for item in fresh:  # judged from the selection: no claim, no round trip
+                skipped = IntegrationResult(item.id, item.platform, item.email, item.account_id, status="skipped")
+                result.results.append(self._skip(skipped, _fresh_reason(item.last_sync_started_at), quiet=True))
+                self.on_result(skipped)
+            if fresh:
+                log.info("Skipping %d integrations synced less than %d minutes ago", len(fresh), self.settings.min_interval_minutes)
+                due = [item for item in due if not _is_fresh(item.last_sync_started_at, fresh_after)]
             locker = locker_for(self.db, self.settings.database_url, host=self.host)
             locker.prepare()
             session = new_session(self.settings.concurrency)
@@ -371,10 +374,8 @@ class Syncer:
                     return self._skip(result, "removed or disabled meanwhile", quiet=True)
                 if not options.force and state.last_attempt_at is not None and state.last_attempt_at >= run.started_at:
                     return self._skip(result, "already synced by another run")
-                if fresh_after is not None and state.last_sync_started_at is not None and state.last_sync_started_at >= fresh_after:
-                    return self._skip(
-                        result, f"synced at {state.last_sync_started_at:%H:%M:%S} UTC by another run (EMSYNC_MIN_INTERVAL_MINUTES)"
-                    )
+                if _is_fresh(state.last_sync_started_at, fresh_after):  # another host synced it since the selection
+                    return self._skip(result, _fresh_reason(state.last_sync_started_at))
                 log.info("Syncing %s for %s (%s)...", item.platform, item.email, result.label)
                 self._attempt(state, claim, result, run.run_id, options, session)
         except Exception as exc:
@@ -409,11 +410,16 @@ class Syncer:
             result.window = work.window
             result.status = exc.status if isinstance(exc, ApiError) else "error"
             result.error = describe_failure(exc)
+            if work.fetched is not None and not isinstance(exc, EmsyncError):  # fetched, then the write failed
+                result.error = f"fetched {len(work.fetched.rows)} rows but could not store them ({result.error}); previous rows kept"
             result.retry_at = exc.retry_at if isinstance(exc, RateLimited) else None
             if not isinstance(exc, EmsyncError):
                 log.debug("unexpected failure syncing %s", state.label, exc_info=True)
             if not isinstance(exc, LeaseLost):  # the integration is another process's now: record nothing on it
-                self._save_failure(state, work, result, run_id, started, api.requests)
+                try:
+                    self._save_failure(state, work, result, run_id, started, api.requests)
+                except Exception as again:  # noqa: BLE001 - e.g. the database is gone: say so, never drop the result
+                    result.error = f"{result.error} (not recorded: {describe_failure(again)})"
         result.api_requests = api.requests
         result.duration_s = time.monotonic() - clock
 
@@ -533,6 +539,14 @@ class Syncer:
                 result.error,
                 extra=fields,
             )
+
+
+def _is_fresh(last_started: datetime | None, fresh_after: datetime | None) -> bool:
+    return fresh_after is not None and last_started is not None and last_started >= fresh_after
+
+
+def _fresh_reason(last_started: datetime | None) -> str:
+    return f"synced recently (started {last_started:%Y-%m-%d %H:%M:%S} UTC; EMSYNC_MIN_INTERVAL_MINUTES)"
 
 
 def _with_info(state: IntegrationState, info: AccountInfo) -> IntegrationState:
