@@ -23,7 +23,9 @@ import threading
 from pathlib import Path
 
 from .db import sqlite_path
+from .domain import IntegrationState
 from .errors import EmsyncError
+from .store import state_from_row
 
 LEASE_SECONDS = 120
 HEARTBEAT_SECONDS = 30
@@ -34,9 +36,14 @@ class LeaseLost(EmsyncError):
 
 
 class Claim:
-    """A held claim. ``fence(conn)`` inside the saving transaction; leaving the ``with`` block releases whatever is left."""
+    """A held claim. ``fence(conn)`` inside the saving transaction; leaving the ``with`` block releases whatever is left.
+
+    ``state``: the integration as read when the claim was taken, when the claim read it (a lease does, in the
+    same statement); else None and the caller reads it.
+    """
 
     token: str | None = None
+    state: IntegrationState | None = None
 
     def __init__(self, integration_id: int, release):
         self.integration_id = integration_id
@@ -118,16 +125,17 @@ UPDATE integrations
    SET lease_host = :host, lease_pid = :pid, lease_token = :token, lease_until = now() + make_interval(secs => :ttl)
  WHERE id = :id
    AND (lease_token IS NULL OR lease_until < now() OR (lease_host = :host AND lease_pid = ANY(:dead)))
-RETURNING id
+RETURNING integrations.*
 """
 _RELEASE = "UPDATE integrations SET lease_host = NULL, lease_pid = NULL, lease_token = NULL, lease_until = NULL WHERE id = :id AND lease_token = :token"
 
 
 class _Lease(Claim):
-    def __init__(self, locker: LeaseLocker, integration_id: int, token: str):
+    def __init__(self, locker: LeaseLocker, integration_id: int, token: str, state: IntegrationState):
         super().__init__(integration_id, self._release_now)
         self.locker = locker
         self.token = token
+        self.state = state
 
     def fence(self, conn) -> None:
         """Release the lease inside the caller's transaction, or raise ``LeaseLost`` (rolling that transaction back)."""
@@ -186,7 +194,7 @@ class LeaseLocker:
         if got is None:
             return None
         self._held[token] = integration_id
-        return _Lease(self, integration_id, token)
+        return _Lease(self, integration_id, token, state_from_row(got._mapping))  # claim and read in one round trip
 
     def renew(self, conn) -> None:
         """Extend every lease this process holds (inside the heartbeat's transaction)."""

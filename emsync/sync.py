@@ -368,8 +368,10 @@ class Syncer:
             if claim is None:
                 return self._skip(result, "another run is syncing it")
             with claim:
-                with self.db.begin() as conn:
-                    state = store.integration_state(conn, item.id)
+                state = claim.state
+                if state is None:
+                    with self.db.begin() as conn:
+                        state = store.integration_state(conn, item.id)
                 if state is None or not state.is_active:
                     return self._skip(result, "removed or disabled meanwhile", quiet=True)
                 if not options.force and state.last_attempt_at is not None and state.last_attempt_at >= run.started_at:
