@@ -62,9 +62,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_sandbox(tmp: Path, n: int, latency_ms: int) -> tuple[subprocess.Popen, str, dict]:
-    meta, google = accounts(n)
-    scenario = {"campaigns": CAMPAIGNS, "auto_accounts": True}
+def start_sandbox(tmp: Path, n: int, latency_ms: int, *, campaigns: int = CAMPAIGNS) -> tuple[subprocess.Popen, str, dict]:
+    scenario = {"campaigns": campaigns, "auto_accounts": True}
     scenario_file = tmp / "scenario.json"
     scenario_file.write_text(json.dumps(scenario))
     port = free_port()
@@ -112,7 +111,7 @@ def populate(db_url: str, key: str, n: int) -> None:
     db.upgrade(engine, db_url)
     box = TokenBox(key)
     meta, google = accounts(n)
-    with engine.begin() as conn:
+    with db.write_transaction(engine) as conn:
         for i, account in enumerate(meta):
             email = f"client{i % 50}@agency.example"
             if i < 50:
@@ -227,6 +226,7 @@ def measure(scenario: str, db_kind: str, concurrency: int, latency_ms: int, inte
                     "HOME": str(tmp),
                     "XDG_CONFIG_HOME": str(tmp / "cfg"),
                     "EMSYNC_HTTP_TIMEOUT": "120",
+                    "EMSYNC_MIN_INTERVAL_MINUTES": "0",  # the steady run re-syncs on purpose
                 }
             )
             full = None

@@ -197,6 +197,18 @@ class Settings:
         "EMSYNC_FULL_SYNC_HOURS", 24, _int(0, 24 * 366), help="how often the whole window is re-fetched (restatements, late conversions)"
     )
     concurrency: int = _setting("EMSYNC_CONCURRENCY", 8, _int(1, 256), help="integrations synced at once by one process")
+    min_interval_minutes: int = _setting(
+        "EMSYNC_MIN_INTERVAL_MINUTES",
+        10,
+        _int(0, 10**6),
+        help="`sync-all` skips an integration whose last successful sync started less than this long ago (0: never)",
+    )
+    db_pool_size: int = _setting(
+        "EMSYNC_DB_POOL_SIZE",
+        4,
+        _int(1, 64),
+        help="PostgreSQL connections one process uses for its work, whatever the concurrency (plus one for leases)",
+    )
     http_timeout: float = _setting("EMSYNC_HTTP_TIMEOUT", 60.0, _float(0.1, 3600), help="seconds per HTTP request (connect and read)")
     retry_attempts: int = _setting("EMSYNC_RETRY_ATTEMPTS", 5, _int(1, 100), help="attempts per request for retryable failures")
     retry_max_wait: float = _setting(

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+import random
 import threading
+import time
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DatabaseError
 
+log = logging.getLogger("emsync")
+
 # Every migration this code knows, oldest first; the last is what the code needs.
-REVISIONS = ("0001", "0004")
+REVISIONS = ("0001", "0004", "0005")
 HEAD = REVISIONS[-1]
 _WRITE_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SQLite engine -> this process's writer queue
 
@@ -32,12 +38,21 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def make_engine(url: str, *, pool_size: int = 8, create: bool = False):
+def engine_for(settings, *, create: bool = False):
+    """The engine for these settings: EMSYNC_DB_POOL_SIZE connections on PostgreSQL; one per worker thread on SQLite
+    (its connections are file handles, and writers queue on the write lock anyway)."""
+    postgres = sqlite_path(settings.database_url) is None and settings.database_url.startswith("postgresql")
+    return make_engine(settings.database_url, pool_size=settings.db_pool_size if postgres else settings.concurrency, create=create)
+
+
+def make_engine(url: str, *, pool_size: int = 4, create: bool = False):
     """An engine tuned for emsync's access pattern.
 
     SQLite: WAL (readers never wait for the writer), a 30 s busy timeout and
     ``BEGIN IMMEDIATE`` so concurrent writers queue instead of failing with
-    "database is locked". PostgreSQL: a pool large enough for the workers.
+    "database is locked". PostgreSQL: exactly ``pool_size`` connections
+    (``EMSYNC_DB_POOL_SIZE``) whatever the concurrency; workers queue for them,
+    and a refused connection is retried for up to ``REFUSAL_RETRY_S``.
 
     Raises:
         DatabaseError: SQLite file missing (unless ``create``).
@@ -82,12 +97,72 @@ def make_engine(url: str, *, pool_size: int = 8, create: bool = False):
     # No pool_pre_ping: a run lasts seconds to minutes, and the ping was a round trip on every checkout (a fifth
     # of a steady run's time). A connection lost mid-run fails that one statement; SQLAlchemy then invalidates
     # the pool, the integration's attempt is recorded as failed and the next run retries it.
+    # The pool is the whole budget: pool_size connections, no overflow; workers beyond it queue for a
+    # connection (their transactions are short: claims, state reads, one write per integration).
     return create_engine(
         url,
-        pool_size=pool_size + 2,
-        max_overflow=pool_size,
-        connect_args={"connect_timeout": 10},
+        poolclass=refusal_tolerant_pool(),
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=POOL_WAIT_S,
+        # application_name: an operator (and the tests) can count emsync's connections in pg_stat_activity.
+        connect_args={"connect_timeout": 10, "application_name": "emsync"},
     )
+
+
+# How long a worker waits for one of the pool's connections, and how long emsync keeps retrying when
+# PostgreSQL refuses new connections ("too many clients", a failover) before giving up on that transaction.
+POOL_WAIT_S = 600
+REFUSAL_RETRY_S = 60.0
+_REFUSALS = (
+    "too many clients",
+    "remaining connection slots",
+    "too many connections",
+    "connection refused",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "in recovery mode",
+)
+
+
+def connection_refused(exc: BaseException) -> bool:
+    """True for PostgreSQL refusing a new connection (SQLSTATE 53300 too_many_connections, 57P03 cannot_connect_now,
+    or the server being away during a failover) — worth waiting for, unlike a wrong password or database name."""
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "sqlstate", None) in ("53300", "57P03"):
+        return True
+    text = str(orig).lower()
+    return any(marker in text for marker in _REFUSALS)
+
+
+def _refusal_tolerant_pool():
+    from sqlalchemy.pool import QueuePool
+
+    class Pool(QueuePool):
+        """A QueuePool that, when PostgreSQL refuses a new connection, backs off and tries again for up to
+        ``REFUSAL_RETRY_S`` — taking a connection another worker returned meanwhile, if one is free."""
+
+        def _do_get(self):
+            deadline = time.monotonic() + REFUSAL_RETRY_S
+            delay = 0.25
+            while True:
+                try:
+                    return super()._do_get()
+                except Exception as exc:  # the driver's own error: the pool raises it unwrapped
+                    if not connection_refused(exc) or time.monotonic() + delay > deadline:
+                        raise
+                    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:160]
+                    log.warning("PostgreSQL refused a connection (%s); retrying in %.1fs", reason, delay)
+                    time.sleep(delay + random.uniform(0, delay / 2))
+                    delay = min(delay * 2, 8.0)
+
+    return Pool
+
+
+@functools.cache
+def refusal_tolerant_pool() -> type:
+    """The pool class (built on first use, so importing db.py does not import SQLAlchemy: `emsync --help` stays fast)."""
+    return _refusal_tolerant_pool()
 
 
 @contextmanager

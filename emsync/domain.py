@@ -117,6 +117,7 @@ class IntegrationState:
     last_attempt_at: datetime | None
     last_full_sync_at: datetime | None
     credential_id: int
+    last_sync_started_at: datetime | None
 
     @property
     def account(self) -> Account:

@@ -87,6 +87,13 @@ class Integration(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, nullable=False)
     credential_id: int = Field(sa_column=Column(Integer, ForeignKey("credentials.id"), nullable=False, index=True))
+    # When the last successful sync started (freshness: EMSYNC_MIN_INTERVAL_MINUTES).
+    last_sync_started_at: datetime | None = None
+    # The lease of the process syncing it (PostgreSQL; see locks.py): who, which token, until when (database clock).
+    lease_host: str | None = Field(default=None, max_length=255)
+    lease_pid: int | None = None
+    lease_token: str | None = Field(default=None, max_length=32)
+    lease_until: datetime | None = None
 
 
 class CampaignMetric(SQLModel, table=True):
@@ -109,10 +116,14 @@ class CampaignMetric(SQLModel, table=True):
     synced_at: datetime = Field(default_factory=utcnow, nullable=False)
 
 
+# 64-bit ids where rows accumulate (48 runs a day x thousands of integrations); SQLite's rowid is 64-bit already.
+ID64 = BigInteger().with_variant(Integer, "sqlite")
+
+
 class SyncRun(SQLModel, table=True):
     __tablename__ = "sync_runs"
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=Column(ID64, primary_key=True))
     trigger: str = Field(max_length=16, nullable=False)  # cron | manual | user | server | demo
     host: str = Field(max_length=255, nullable=False)
     pid: int = Field(nullable=False)
@@ -133,8 +144,8 @@ class SyncAttempt(SQLModel, table=True):
     __tablename__ = "sync_attempts"
     __table_args__ = (Index("ix_sync_attempts_integration_finished", "integration_id", "finished_at"),)
 
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: int = Field(sa_column=Column(Integer, ForeignKey("sync_runs.id"), nullable=False, index=True))
+    id: int | None = Field(default=None, sa_column=Column(ID64, primary_key=True))
+    run_id: int = Field(sa_column=Column(ID64, ForeignKey("sync_runs.id"), nullable=False, index=True))
     integration_id: int = Field(sa_column=Column(Integer, ForeignKey("integrations.id"), nullable=False))
     window_start: Date | None = None
     window_end: Date | None = None

@@ -15,18 +15,19 @@ from sqlalchemy import insert, or_, select, update
 from .domain import SyncWindow
 from .models import attempts_t, integrations_t, runs_t, users_t
 
-# A run on another host that has not written for this long is taken as dead.
-STALE_RUN = timedelta(hours=2)
+# A run whose heartbeat (every 30 s, heartbeat.py) is this old is taken as dead.
+STALE_RUN = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
 class DueIntegration:
-    """An integration a run will try, with what its log lines name."""
+    """An integration a run will try, with what its log lines name, and when its last successful sync started."""
 
     id: int
     platform: str
     account_id: str
     email: str
+    last_sync_started_at: datetime | None = None
 
 
 def pid_alive(pid: int) -> bool:
@@ -91,7 +92,7 @@ def record_attempt(
     api_requests: int,
     error: str | None,
 ) -> None:
-    """One attempt's record; also the run's heartbeat."""
+    """One attempt's record (the run's own row is not touched: see ``heartbeat``)."""
     conn.execute(
         insert(attempts_t).values(
             run_id=run_id,
@@ -108,13 +109,26 @@ def record_attempt(
             error=error,
         )
     )
-    conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(heartbeat_at=finished_at))
+
+
+def heartbeat(conn, run_id: int, *, now: datetime) -> None:
+    conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(heartbeat_at=now))
 
 
 def due_integrations(conn, *, email: str | None, platform: str | None, include_reauth: bool, now: datetime) -> list[DueIntegration]:
-    """Active integrations a run should take, in id order (see CONTRACT.md, "Which integrations a run takes")."""
+    """Active integrations a run should take, in id order (see CONTRACT.md, "Which integrations a run takes").
+
+    Freshness (``EMSYNC_MIN_INTERVAL_MINUTES``) is the engine's to judge, from ``last_sync_started_at``,
+    so that it can report those it skips.
+    """
     query = (
-        select(integrations_t.c.id, integrations_t.c.platform, integrations_t.c.account_id, users_t.c.email)
+        select(
+            integrations_t.c.id,
+            integrations_t.c.platform,
+            integrations_t.c.account_id,
+            users_t.c.email,
+            integrations_t.c.last_sync_started_at,
+        )
         .join(users_t, users_t.c.id == integrations_t.c.user_id)
         .where(integrations_t.c.is_active.is_(True))
         .where(
@@ -132,7 +146,7 @@ def due_integrations(conn, *, email: str | None, platform: str | None, include_r
         query = query.where(users_t.c.email == email)
     if platform is not None:
         query = query.where(integrations_t.c.platform == platform)
-    return [DueIntegration(r.id, r.platform, r.account_id, r.email) for r in conn.execute(query)]
+    return [DueIntegration(r.id, r.platform, r.account_id, r.email, r.last_sync_started_at) for r in conn.execute(query)]
 
 
 def recent_runs(conn, limit: int = 10) -> list[dict]:

@@ -496,10 +496,13 @@ def merge_identical_credentials(conn, box: TokenBox) -> int:
 def integration_state(conn, integration_id: int) -> IntegrationState | None:
     """The integration as an attempt starts from (tokens still encrypted); None when it was removed."""
     row = conn.execute(select(integrations_t).where(integrations_t.c.id == integration_id)).first()
-    if row is None:
-        return None
+    return None if row is None else state_from_row(row._mapping)
+
+
+def state_from_row(mapping) -> IntegrationState:
+    """An ``IntegrationState`` from a full ``integrations`` row (e.g. one a lease's UPDATE … RETURNING gave back)."""
     fields = IntegrationState.__dataclass_fields__
-    return IntegrationState(**{k: v for k, v in row._mapping.items() if k in fields})
+    return IntegrationState(**{k: v for k, v in mapping.items() if k in fields})
 
 
 def credential_state(conn, credential_id: int) -> CredentialState | None:
@@ -525,9 +528,10 @@ def save_tokens(conn, box: TokenBox, credential_id: int, creds: Credentials) -> 
     creds.changed = False
 
 
-def mark_success(conn, integration_id: int, *, finished_at: datetime, full: bool) -> None:
+def mark_success(conn, integration_id: int, *, started_at: datetime, finished_at: datetime, full: bool) -> None:
     values = dict(
         status="ok",
+        last_sync_started_at=started_at,
         last_synced_at=finished_at,
         last_attempt_at=finished_at,
         last_error=None,

@@ -2,20 +2,25 @@
 
 The path of one integration, top to bottom in ``Syncer``:
 
-    _sync_one      claim it (locks.py) and read its IntegrationState (store.py)
+    _sync_one      claim it (locks.py: a lease or a flock) and read its IntegrationState (store.py);
+                   skip it if another run just synced it (start-time rule, freshness)
     _attempt       then
       _fetch         _prepare → account_info (first sync) → fetch(window)
         _prepare       under the credential's lock: re-read the credential (store.py), decrypt its
                        Credentials, connector.prepare (refresh or renew), save what changed at once
-      _save_success  one write transaction: the window (campaign_rows.py), the attempt record
-                     (runs.py), the integration's status (store.py)
-      _save_failure  one write transaction: the attempt, the failing status
+      _save_success  one write transaction: the claim fenced (still ours?), the window (campaign_rows.py),
+                     the attempt record (runs.py), the integration's status (store.py)
+      _save_failure  one write transaction: the claim fenced, the attempt, the failing status
 
 Integrations share credentials (one Google login, one Meta user): a Google
 access token is refreshed once per credential and cached on it for every
 integration (threads of one process wait on a per-credential lock and find it
 cached), a Meta token is renewed once per credential, and a credential Google
 or Meta refused is not tried again in the same run.
+
+While a run lasts, its heartbeat (heartbeat.py) renews the leases and the run
+row every 30 s; attempts never write the run row, and the run's counts are
+written once, at the end.
 
 Each integration is independent: its own claim, its own transaction, its own
 error. Whatever goes wrong for one integration — claim, fetch, write, even
@@ -28,8 +33,9 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -38,12 +44,13 @@ from . import campaign_rows, runs, store
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
 from .crypto import TokenBox
-from .db import write_transaction
+from .db import make_engine, write_transaction
 from .domain import AccountInfo, Connector, Credentials, Fetched, IntegrationState, SyncWindow, account_label
 from .errors import ApiError, EmsyncError, NeedsReauth, RateLimited
 from .healthcheck import Healthcheck
+from .heartbeat import Heartbeat
 from .http import HttpClient, new_session
-from .locks import locker_for
+from .locks import Claim, LeaseLost, Locker, locker_for
 from .redaction import redact, register_secret
 from .runs import DueIntegration
 
@@ -52,12 +59,19 @@ log = logging.getLogger("emsync")
 
 @dataclass(frozen=True)
 class SyncOptions:
-    """What a run was asked to do: ``email`` limits it to one user (sync-user), ``full`` re-fetches the whole window."""
+    """What a run was asked to do: ``email`` limits it to one user (sync-user), ``full`` re-fetches the whole window,
+    ``force`` syncs even integrations another run just synced."""
 
     email: str | None = None
     platform: str | None = None
     full: bool = False
     trigger: str = "manual"
+    force: bool = False  # ignore freshness and the start-time rule
+
+    @property
+    def ignores_freshness(self) -> bool:
+        """A person pressing "Sync Data" (sync-user), --full and --force sync even a freshly synced integration."""
+        return self.force or self.full or self.email is not None
 
 
 @dataclass
@@ -150,19 +164,37 @@ class RunResult:
         }
 
 
+def full_window_due(integration_id: int, last_full: datetime | None, period_hours: int, now: datetime) -> bool:
+    """Whether the whole lookback window is due: never fetched, or its own time of day has come again.
+
+    Each integration's full refresh falls at its own phase of the period (a
+    hash of its id), so a run at 03:00 does not re-fetch every account's 30 days
+    at once. It is due when that phase passed since the last full sync, and at
+    least half a period after it (so a first sync just before its phase does
+    not fetch the window twice in a row).
+    """
+    if last_full is None or period_hours <= 0:
+        return True
+    period = period_hours * 3600
+    phase = (integration_id * 2654435761) % period  # Knuth's multiplicative hash: neighbouring ids spread apart
+    now_s, last_s = now.timestamp(), last_full.timestamp()
+    latest_phase = now_s - ((now_s - phase) % period)
+    return last_s < latest_phase and now_s - last_s >= period / 2
+
+
 def window_for(state: IntegrationState, settings: Settings, *, force_full: bool, now: datetime) -> SyncWindow:
     """The dates to fetch: today in the account's time zone and the days before it.
 
-    The whole lookback window on the first sync, with ``force_full``, or when
-    the last full sync is ``EMSYNC_FULL_SYNC_HOURS`` old; else the recent days.
+    The whole lookback window on the first sync, with ``force_full``, or once
+    every ``EMSYNC_FULL_SYNC_HOURS`` at the integration's own time of day
+    (``full_window_due``); else the recent days.
     """
     try:
         tz = ZoneInfo(state.time_zone) if state.time_zone else UTC
     except (ZoneInfoNotFoundError, ValueError):
         tz = UTC
     today = now.astimezone(tz).date()
-    last_full = state.last_full_sync_at
-    full = force_full or last_full is None or now - last_full >= timedelta(hours=settings.full_sync_hours)
+    full = force_full or full_window_due(state.id, state.last_full_sync_at, settings.full_sync_hours, now)
     days = settings.lookback_days if full else min(settings.recent_days, settings.lookback_days)
     return SyncWindow(since=today - timedelta(days=days - 1), until=today, full=full)
 
@@ -192,8 +224,9 @@ def describe_failure(exc: BaseException) -> str:
 
 @dataclass
 class _Fetch:
-    """What ``_fetch`` learnt, kept for the save steps (success or failure)."""
+    """One attempt's claim and what ``_fetch`` learnt, kept for the save steps (success or failure)."""
 
+    claim: Claim
     creds: Credentials
     window: SyncWindow | None = None
     info: AccountInfo | None = None
@@ -271,6 +304,7 @@ class Syncer:
         result = opened or self.open_run(options)
         self._refused.clear()
         try:
+            fresh_after = self._fresh_after(options, result.started_at)
             with self.db.begin() as conn:
                 due = runs.due_integrations(
                     conn, email=options.email, platform=options.platform, include_reauth=options.email is not None, now=result.started_at
@@ -278,10 +312,23 @@ class Syncer:
             result.due = len(due)
             log.info("Found %d active integrations%s", len(due), f" for {options.email}" if options.email else "")
             self.on_start(len(due))
-            locker = locker_for(self.db, self.settings.database_url)
+            fresh = [item for item in due if _is_fresh(item.last_sync_started_at, fresh_after)]
+            for item in fresh:  # judged from the selection: no claim, no round trip
+                skipped = IntegrationResult(item.id, item.platform, item.email, item.account_id, status="skipped")
+                result.results.append(self._skip(skipped, _fresh_reason(item.last_sync_started_at), quiet=True))
+                self.on_result(skipped)
+            if fresh:
+                log.info("Skipping %d integrations synced less than %d minutes ago", len(fresh), self.settings.min_interval_minutes)
+                due = [item for item in due if not _is_fresh(item.last_sync_started_at, fresh_after)]
+            locker = locker_for(self.db, self.settings.database_url, host=self.host)
+            locker.prepare()
             session = new_session(self.settings.concurrency)
-            with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="sync") as pool:
-                futures = [pool.submit(self._sync_one, item, result, options, locker, session) for item in due]
+            with (
+                self._heartbeat_engine() as beat_db,
+                Heartbeat(beat_db, result.run_id, locker, self.clock),
+                ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="sync") as pool,
+            ):
+                futures = [pool.submit(self._sync_one, item, result, options, locker, session, fresh_after) for item in due]
                 for future in as_completed(futures):
                     item_result = future.result()
                     result.results.append(item_result)
@@ -304,9 +351,29 @@ class Syncer:
         log.info(result.summary())
         return result
 
+    def _fresh_after(self, options: SyncOptions, started: datetime) -> datetime | None:
+        """Integrations whose last successful sync started at or after this are fresh enough to skip (None: take all)."""
+        minutes = self.settings.min_interval_minutes
+        return None if options.ignores_freshness or minutes <= 0 else started - timedelta(minutes=minutes)
+
+    @contextmanager
+    def _heartbeat_engine(self) -> Iterator:
+        """PostgreSQL: a one-connection engine of its own (the "+1" of the budget), so leases are renewed even
+        while every pooled connection is busy. SQLite: the same engine (its writes queue on one lock anyway)."""
+        if self.db.dialect.name != "postgresql":
+            yield self.db
+            return
+        beat = make_engine(self.settings.database_url, pool_size=1)
+        try:
+            yield beat
+        finally:
+            beat.dispose()
+
     # ---------------------------------------------------------------- one integration
 
-    def _sync_one(self, item: DueIntegration, run: RunResult, options: SyncOptions, locker, session) -> IntegrationResult:
+    def _sync_one(
+        self, item: DueIntegration, run: RunResult, options: SyncOptions, locker: Locker, session, fresh_after: datetime | None
+    ) -> IntegrationResult:
         """Claim, read, attempt. Never raises: anything that goes wrong is this integration's result."""
         result = IntegrationResult(item.id, item.platform, item.email, item.account_id, status="skipped")
         try:
@@ -314,14 +381,18 @@ class Syncer:
             if claim is None:
                 return self._skip(result, "another run is syncing it")
             with claim:
-                with self.db.begin() as conn:
-                    state = store.integration_state(conn, item.id)
+                state = claim.state
+                if state is None:
+                    with self.db.begin() as conn:
+                        state = store.integration_state(conn, item.id)
                 if state is None or not state.is_active:
                     return self._skip(result, "removed or disabled meanwhile", quiet=True)
-                if state.last_attempt_at is not None and state.last_attempt_at >= run.started_at:
+                if not options.force and state.last_attempt_at is not None and state.last_attempt_at >= run.started_at:
                     return self._skip(result, "already synced by another run")
+                if _is_fresh(state.last_sync_started_at, fresh_after):  # another host synced it since the selection
+                    return self._skip(result, _fresh_reason(state.last_sync_started_at))
                 log.info("Syncing %s for %s (%s)...", item.platform, item.email, result.label)
-                self._attempt(state, result, run.run_id, options, session)
+                self._attempt(state, claim, result, run.run_id, options, session)
         except Exception as exc:
             result.status, result.error = "error", describe_failure(exc)
             log.debug("could not sync or record integration %s", item.id, exc_info=True)
@@ -334,12 +405,14 @@ class Syncer:
             log.info("Skipping %s for %s (%s): %s", result.platform, result.email, result.label, reason)
         return result
 
-    def _attempt(self, state: IntegrationState, result: IntegrationResult, run_id: int, options: SyncOptions, session) -> None:
+    def _attempt(
+        self, state: IntegrationState, claim: Claim, result: IntegrationResult, run_id: int, options: SyncOptions, session
+    ) -> None:
         s = self.settings
         started = self.clock.now()
         clock = time.monotonic()
         api = HttpClient(session, timeout=s.http_timeout, attempts=s.retry_attempts, max_wait=s.retry_max_wait, clock=self.clock)
-        work = _Fetch(Credentials())
+        work = _Fetch(claim, Credentials())
         try:
             self._fetch(state, work, api, force_full=options.full, now=started)
             result.window = work.window
@@ -349,10 +422,16 @@ class Syncer:
             result.window = work.window
             result.status = exc.status if isinstance(exc, ApiError) else "error"
             result.error = describe_failure(exc)
+            if work.fetched is not None and not isinstance(exc, EmsyncError):  # fetched, then the write failed
+                result.error = f"fetched {len(work.fetched.rows)} rows but could not store them ({result.error}); previous rows kept"
             result.retry_at = exc.retry_at if isinstance(exc, RateLimited) else None
             if not isinstance(exc, EmsyncError):
                 log.debug("unexpected failure syncing %s", state.label, exc_info=True)
-            self._save_failure(state, work, result, run_id, started, api.requests)
+            if not isinstance(exc, LeaseLost):  # the integration is another process's now: record nothing on it
+                try:
+                    self._save_failure(state, work, result, run_id, started, api.requests)
+                except Exception as again:  # noqa: BLE001 - e.g. the database is gone: say so, never drop the result
+                    result.error = f"{result.error} (not recorded: {describe_failure(again)})"
         result.api_requests = api.requests
         result.duration_s = time.monotonic() - clock
 
@@ -408,6 +487,7 @@ class Syncer:
         assert work.window is not None and work.fetched is not None
         currency = work.info.currency if work.info else state.currency
         with write_transaction(self.db) as conn:
+            work.claim.fence(conn)
             self._remember(conn, state, work)
             rows = campaign_rows.replace_window(conn, state.id, work.window, work.fetched.rows, currency, started)
             finished = self.clock.now()
@@ -423,7 +503,7 @@ class Syncer:
                 api_requests=requests,
                 error=None,
             )
-            store.mark_success(conn, state.id, finished_at=finished, full=work.window.full)
+            store.mark_success(conn, state.id, started_at=started, finished_at=finished, full=work.window.full)
         return rows
 
     def _save_failure(
@@ -432,6 +512,11 @@ class Syncer:
         """One write transaction: a renewed token must survive the failure; the attempt and the failing status."""
         error = result.error or result.status
         with write_transaction(self.db) as conn:
+            try:
+                work.claim.fence(conn)
+            except LeaseLost as exc:
+                result.error = f"{error} (not recorded: {exc})"
+                return
             self._remember(conn, state, work)
             finished = self.clock.now()
             runs.record_attempt(
@@ -490,6 +575,14 @@ class Syncer:
                 result.error,
                 extra=fields,
             )
+
+
+def _is_fresh(last_started: datetime | None, fresh_after: datetime | None) -> bool:
+    return fresh_after is not None and last_started is not None and last_started >= fresh_after
+
+
+def _fresh_reason(last_started: datetime | None) -> str:
+    return f"synced recently (started {last_started:%Y-%m-%d %H:%M:%S} UTC; EMSYNC_MIN_INTERVAL_MINUTES)"
 
 
 def _with_info(state: IntegrationState, info: AccountInfo) -> IntegrationState:

@@ -34,6 +34,8 @@ def isolated(tmp_path, monkeypatch):
     """No test sees the developer's settings, home or working directory; no test really sleeps."""
     for name in (*SETTING_NAMES, "EMSYNC_ENV_FILE"):
         monkeypatch.delenv(name, raising=False)
+    # Tests re-run sync-all on purpose; the freshness rule has tests of its own (tests/test_leases.py).
+    monkeypatch.setenv("EMSYNC_MIN_INTERVAL_MINUTES", "0")
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))

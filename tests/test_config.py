@@ -106,7 +106,8 @@ def _accepts(hint, value) -> bool:
     return isinstance(value, typing.get_origin(hint) or hint)
 
 
-def test_table_and_dataclass_agree():
+def test_table_and_dataclass_agree(monkeypatch):
+    monkeypatch.delenv("EMSYNC_MIN_INTERVAL_MINUTES")  # set by the isolated fixture for every other test
     assert {f.name for f in fields(Settings)} == {s.attr for s in SETTINGS} | {"env_file"}
     assert len(set(SETTING_NAMES)) == len(SETTING_NAMES) == len(SETTINGS)
     hints = typing.get_type_hints(Settings)

@@ -287,6 +287,7 @@ def _env_file(tmp_path: Path) -> None:
     keys = (
         "EMSYNC_DATABASE_URL",
         "EMSYNC_SECRET_KEY",
+        "EMSYNC_MIN_INTERVAL_MINUTES",  # the test runs the cron line twice on purpose
         "META_GRAPH_URL",
         "META_APP_ID",
         "META_APP_SECRET",

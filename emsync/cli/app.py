@@ -49,7 +49,7 @@ class AppContext:
         if self._engine is None:
             from .. import db
 
-            self._engine = db.make_engine(self.settings.database_url, pool_size=self.settings.concurrency, create=create)
+            self._engine = db.engine_for(self.settings, create=create)
             if check:
                 db.check_schema(self._engine, self.settings.database_url)
         return self._engine

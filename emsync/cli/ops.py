@@ -15,8 +15,11 @@ def status(
     typer_ctx: typer.Context,
     json_out: JsonOpt = False,
     check: Annotated[bool, typer.Option("--check", help="Exit 1 with a one-line reason when something needs attention.")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="List every integration even above 200 (the default is a summary).")] = False,
 ) -> None:
     """What was synced when, what failed and why, token expiry, recent runs.
+
+    Above 200 integrations the table is a summary (counts, the problems, the oldest success); --all lists every one.
 
     Examples: [bold]emsync status[/bold]   [bold]emsync status --check[/bold]   [bold]emsync status --json[/bold]
     """
@@ -37,7 +40,7 @@ def status(
         return
     from .render import print_status
 
-    print_status(console(), report)
+    print_status(console(), report, show_all=show_all)
 
 
 @app.command()

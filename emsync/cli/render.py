@@ -77,8 +77,52 @@ def integrations_table(rows: list[dict]) -> Table:
     return table
 
 
-def print_status(console: Console, report: dict) -> None:
-    table = Table(title=f"Integrations — {report['database']}")
+SUMMARY_ABOVE = 200  # integrations: above this, `status` summarises unless --all
+PROBLEMS_LISTED = 50
+
+
+def print_status(console: Console, report: dict, *, show_all: bool = False) -> None:
+    integrations = report["integrations"]
+    if len(integrations) > SUMMARY_ABOVE and not show_all:
+        _print_summary(console, report)
+    else:
+        _print_integrations(console, report["database"], integrations)
+    _print_runs_and_warnings(console, report)
+
+
+def _print_summary(console: Console, report: dict) -> None:
+    """Counts by platform and status, the integrations that need attention, the oldest success."""
+    integrations = report["integrations"]
+    active = [i for i in integrations if i["is_active"]]
+    counts: dict[tuple[str, str], int] = {}
+    for i in integrations:
+        key = (i["platform"], i["status"] if i["is_active"] else "disabled")
+        counts[key] = counts.get(key, 0) + 1
+    statuses = sorted({status for _, status in counts})
+    table = Table(title=f"{len(integrations)} integrations — {report['database']}")
+    table.add_column("platform")
+    for status in statuses:
+        table.add_column(_status(status) if status != "disabled" else "[dim]disabled[/]", justify="right")
+    for platform in sorted({p for p, _ in counts}):
+        table.add_row(platform, *(str(counts.get((platform, s), 0)) for s in statuses))
+    console.print(table)
+    problems = [i for i in active if i["status"] not in ("ok", "never_synced")]
+    if problems:
+        _print_integrations(console, f"{len(problems)} need attention", problems[:PROBLEMS_LISTED])
+        if len(problems) > PROBLEMS_LISTED:
+            console.print(f"… and {len(problems) - PROBLEMS_LISTED} more (emsync status --json has them all)")
+    synced = [i for i in active if i["last_synced_at"]]
+    if synced:
+        oldest = min(synced, key=lambda i: i["last_synced_at"])
+        console.print(f"Oldest last success: integration {oldest['id']} ({oldest['account']}), {_when(oldest['last_synced_at'])}")
+    never = sum(1 for i in active if not i["last_synced_at"])
+    if never:
+        console.print(f"{never} active integrations have never synced")
+    console.print(f"[dim]A summary above {SUMMARY_ABOVE} integrations: 'emsync status --all' lists every one.[/]")
+
+
+def _print_integrations(console: Console, title: str, integrations: list[dict]) -> None:
+    table = Table(title=f"Integrations — {title}")
     for col in (
         "id",
         "user",
@@ -93,7 +137,7 @@ def print_status(console: Console, report: dict) -> None:
         "last error",
     ):
         table.add_column(col, overflow="fold")
-    for i in report["integrations"]:
+    for i in integrations:
         expires = i["token_expires_at"]
         expiry = "—" if expires is None else (f"[bold red]{expires:%Y-%m-%d}[/]" if i["token_expires_soon"] else f"{expires:%Y-%m-%d}")
         limited = i["rate_limited_until"].strftime("%Y-%m-%d %H:%M") if i["rate_limited_until"] and i["status"] == "rate_limited" else "—"
@@ -112,6 +156,9 @@ def print_status(console: Console, report: dict) -> None:
             _one_line(i["last_error"], 60),
         )
     console.print(table)
+
+
+def _print_runs_and_warnings(console: Console, report: dict) -> None:
     runs = Table(title="Last runs")
     for col in ("id", "started", "trigger", "host", "duration", "status", "ok", "failed", "skipped", "rows"):
         runs.add_column(col)

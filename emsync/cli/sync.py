@@ -18,6 +18,9 @@ log = logging.getLogger("emsync")
 PlatformOpt = Annotated[str | None, typer.Option("--platform", help="Only meta or only google.")]
 FullOpt = Annotated[bool, typer.Option("--full", help="Re-fetch the whole lookback window.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing unless something failed (for cron).")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Sync even integrations another run synced moments ago (ignores EMSYNC_MIN_INTERVAL_MINUTES).")
+]
 TriggerOpt = Annotated[str | None, typer.Option("--trigger", help="Recorded on the run: cron, manual (default: cron without a terminal).")]
 
 
@@ -29,8 +32,12 @@ def sync_all(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     trigger: TriggerOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Sync every active integration (what cron runs every 30 minutes).
+
+    Skips integrations whose last successful sync started less than EMSYNC_MIN_INTERVAL_MINUTES ago
+    (another host or cron line just did them); --full and --force do not.
 
     Exit code 0: all synced (or nothing due); 1: some integration failed (the others were saved); 2: bad input or configuration.
 
@@ -38,7 +45,7 @@ def sync_all(
     """
     if trigger not in (None, "cron", "manual"):
         raise UserError(f"--trigger must be cron or manual, got {trigger[:20]!r}")
-    _run(typer_ctx, None, platform, full, json_out, quiet, trigger)
+    _run(typer_ctx, None, platform, full, json_out, quiet, trigger, force=force)
 
 
 @app.command("sync-user")
@@ -59,7 +66,7 @@ def sync_user(
     _run(typer_ctx, validate.email(email), platform, full, json_out, quiet, "user")
 
 
-def _run(typer_ctx: typer.Context, email, platform, full: bool, json_out: bool, quiet: bool, trigger) -> None:
+def _run(typer_ctx: typer.Context, email, platform, full: bool, json_out: bool, quiet: bool, trigger, *, force: bool = False) -> None:
     from .. import validate
 
     ctx = state(typer_ctx)
@@ -74,6 +81,7 @@ def _run(typer_ctx: typer.Context, email, platform, full: bool, json_out: bool, 
         json_out=json_out,
         quiet=quiet,
         trigger=trigger,
+        force=force,
     )
     raise typer.Exit(code)
 
@@ -90,7 +98,7 @@ class _Buffer(logging.Handler):
 
 
 def run_with_output(
-    settings, engine, *, verbose: bool, email=None, platform=None, full=False, json_out=False, quiet=False, trigger=None
+    settings, engine, *, verbose: bool, email=None, platform=None, full=False, json_out=False, quiet=False, trigger=None, force=False
 ) -> int:
     """Run the engine with the output mode the invocation asked for; returns the exit code."""
     from ..sync import Syncer, SyncOptions
@@ -122,7 +130,7 @@ def run_with_output(
         else:
             syncer = Syncer(settings, engine)
         try:
-            result = syncer.run(SyncOptions(email=email, platform=platform, full=full, trigger=trigger))
+            result = syncer.run(SyncOptions(email=email, platform=platform, full=full, trigger=trigger, force=force))
         finally:
             if progress:
                 progress.stop()
