@@ -112,7 +112,11 @@ def record_attempt(
 
 
 def due_integrations(conn, *, email: str | None, platform: str | None, include_reauth: bool, now: datetime) -> list[DueIntegration]:
-    """Active integrations a run should take, in id order (see CONTRACT.md, "Which integrations a run takes")."""
+    """Active integrations a run should take, in id order (see CONTRACT.md, "Which integrations a run takes").
+
+    ``include_reauth`` (a person asked: sync-user) also takes those that need re-authorisation and accounts
+    closed upstream whose daily attempt has not come yet.
+    """
     query = (
         select(integrations_t.c.id, integrations_t.c.platform, integrations_t.c.account_id, users_t.c.email)
         .join(users_t, users_t.c.id == integrations_t.c.user_id)
@@ -128,6 +132,7 @@ def due_integrations(conn, *, email: str | None, platform: str | None, include_r
     )
     if not include_reauth:
         query = query.where(integrations_t.c.status != "needs_reauth")
+        query = query.where(or_(integrations_t.c.next_attempt_at.is_(None), integrations_t.c.next_attempt_at <= now))
     if email is not None:
         query = query.where(users_t.c.email == email)
     if platform is not None:

@@ -21,7 +21,7 @@ from .clock import utcnow
 from .crypto import TokenBox
 from .domain import IntegrationState
 from .errors import UnknownUser, UserError
-from .models import attempts_t, integrations_t, metrics_t, users_t
+from .models import attempts_t, campaigns_t, integrations_t, metrics_t, users_t
 
 # ---------------------------------------------------------------- users
 
@@ -128,7 +128,11 @@ _PUBLIC_COLUMNS = (
     "last_attempt_at",
     "last_error",
     "rate_limited_until",
+    "last_warning",
+    "last_warning_at",
+    "next_attempt_at",
     "token_expires_at",
+    "data_access_expires_at",
     "currency",
     "time_zone",
     "created_at",
@@ -190,7 +194,7 @@ def update_credentials(
     if not values:
         raise UserError("nothing to update: give --access-token, --token-expires-at, --refresh-token or --login-customer-id")
     if current["status"] in ("needs_reauth", "error", "rate_limited"):
-        values.update(status="never_synced", last_error=None, rate_limited_until=None)
+        values.update(status="never_synced", last_error=None, rate_limited_until=None, next_attempt_at=None)
     values["updated_at"] = utcnow()
     conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))
     return get_integration(conn, integration_id)
@@ -206,6 +210,7 @@ def remove_integration(conn, integration_id: int) -> int:
     """Delete an integration with its rows and attempt records. Returns the rows deleted."""
     get_integration(conn, integration_id)
     rows = conn.execute(delete(metrics_t).where(metrics_t.c.integration_id == integration_id)).rowcount
+    conn.execute(delete(campaigns_t).where(campaigns_t.c.integration_id == integration_id))
     conn.execute(delete(attempts_t).where(attempts_t.c.integration_id == integration_id))
     conn.execute(delete(integrations_t).where(integrations_t.c.id == integration_id))
     return rows
@@ -218,8 +223,15 @@ def any_encrypted_token(conn) -> str | None:
 
 
 def save_tokens(conn, integration_id: int, **values) -> None:
-    """Persist encrypted token columns a connector renewed."""
-    allowed = {"access_token_enc", "token_expires_at", "cached_access_token_enc", "cached_access_token_expires_at"}
+    """Persist encrypted token columns a connector renewed, and what it learnt about the token."""
+    allowed = {
+        "access_token_enc",
+        "token_expires_at",
+        "cached_access_token_enc",
+        "cached_access_token_expires_at",
+        "data_access_expires_at",
+        "token_checked_at",
+    }
     assert set(values) <= allowed, values
     conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))
 
@@ -244,13 +256,17 @@ def integration_state(conn, integration_id: int) -> IntegrationState | None:
     return IntegrationState(**{k: v for k, v in row._mapping.items() if k in fields})
 
 
-def mark_success(conn, integration_id: int, *, finished_at: datetime, full: bool) -> None:
+def mark_success(conn, integration_id: int, *, finished_at: datetime, full: bool, warning: str | None = None) -> None:
+    """``ok``; ``warning`` (what the sync warned about without failing) replaces ``last_warning``: None clears it."""
     values = dict(
         status="ok",
         last_synced_at=finished_at,
         last_attempt_at=finished_at,
         last_error=None,
         rate_limited_until=None,
+        next_attempt_at=None,
+        last_warning=warning[:2000] if warning else None,
+        last_warning_at=finished_at if warning else None,
         updated_at=finished_at,
     )
     if full:
@@ -258,10 +274,28 @@ def mark_success(conn, integration_id: int, *, finished_at: datetime, full: bool
     conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))
 
 
-def mark_failure(conn, integration_id: int, *, finished_at: datetime, status: str, error: str, retry_at: datetime | None) -> None:
-    """``status`` is one of error, needs_reauth, rate_limited; ``retry_at`` only for rate_limited."""
-    conn.execute(
-        update(integrations_t)
-        .where(integrations_t.c.id == integration_id)
-        .values(status=status, last_error=error[:2000], last_attempt_at=finished_at, rate_limited_until=retry_at, updated_at=finished_at)
+def mark_failure(
+    conn,
+    integration_id: int,
+    *,
+    finished_at: datetime,
+    status: str,
+    error: str,
+    retry_at: datetime | None,
+    next_attempt_at: datetime | None = None,
+    warning: str | None = None,
+) -> None:
+    """``status`` is one of error, needs_reauth, rate_limited; ``retry_at`` only for rate_limited;
+    ``next_attempt_at`` for an account closed upstream (no run takes it before then). A ``warning`` replaces
+    ``last_warning``; without one the last warning stays (only a clean sync clears it)."""
+    values = dict(
+        status=status,
+        last_error=error[:2000],
+        last_attempt_at=finished_at,
+        rate_limited_until=retry_at,
+        next_attempt_at=next_attempt_at,
+        updated_at=finished_at,
     )
+    if warning:
+        values.update(last_warning=warning[:2000], last_warning_at=finished_at)
+    conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))

@@ -4,10 +4,14 @@ The path of one integration, top to bottom in ``Syncer``:
 
     _sync_one      claim it (locks.py) and read its IntegrationState (store.py)
     _attempt       decrypt Credentials, then
-      _fetch         connector.prepare → account_info (first sync) → fetch(window)
+      _fetch         connector.prepare → account_info (first sync; Meta: every full sync) → fetch(window)
       _save_success  one write transaction: renewed tokens, the window (campaign_rows.py),
-                     the attempt record (runs.py), the integration's status (store.py)
+                     the attempt record (runs.py), the integration's status and warning (store.py)
       _save_failure  one write transaction: renewed tokens, the attempt, the failing status
+
+A side step (token renewal, debug_token, re-reading account metadata already
+stored) that fails never fails a sync that can succeed: the connector or the
+engine turns it into a warning, and warnings end on ``last_warning``.
 
 Each integration is independent: its own claim, its own transaction, its own
 error. Whatever goes wrong for one integration — claim, fetch, write, even
@@ -28,10 +32,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from . import campaign_rows, runs, store
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
+from .connectors.base import side_step_warning
 from .crypto import TokenBox
 from .db import write_transaction
 from .domain import AccountInfo, Connector, Credentials, Fetched, IntegrationState, SyncWindow, account_label
-from .errors import ApiError, EmsyncError, RateLimited
+from .errors import AccountClosed, ApiError, EmsyncError, NeedsReauth, RateLimited
 from .healthcheck import Healthcheck
 from .http import HttpClient, new_session
 from .locks import locker_for
@@ -64,6 +69,7 @@ class IntegrationResult:
     error: str | None = None
     window: SyncWindow | None = None
     retry_at: datetime | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -89,6 +95,7 @@ class IntegrationResult:
             else {"since": window.since.isoformat(), "until": window.until.isoformat(), "full": window.full},
             "error": self.error,
             "retry_at": self.retry_at.isoformat() if self.retry_at else None,
+            "warnings": list(self.warnings),
         }
 
 
@@ -141,19 +148,21 @@ class RunResult:
         }
 
 
-def window_for(state: IntegrationState, settings: Settings, *, force_full: bool, now: datetime) -> SyncWindow:
-    """The dates to fetch: today in the account's time zone and the days before it.
+def needs_full_window(state: IntegrationState, settings: Settings, *, force_full: bool, now: datetime) -> bool:
+    """The whole lookback window on the first sync, with ``force_full``, or when the last full sync is
+    ``EMSYNC_FULL_SYNC_HOURS`` old; else the recent days."""
+    last_full = state.last_full_sync_at
+    return force_full or last_full is None or now - last_full >= timedelta(hours=settings.full_sync_hours)
 
-    The whole lookback window on the first sync, with ``force_full``, or when
-    the last full sync is ``EMSYNC_FULL_SYNC_HOURS`` old; else the recent days.
-    """
+
+def window_for(state: IntegrationState, settings: Settings, *, force_full: bool, now: datetime) -> SyncWindow:
+    """The dates to fetch: today in the account's time zone and the days before it (see ``needs_full_window``)."""
     try:
         tz = ZoneInfo(state.time_zone) if state.time_zone else UTC
     except (ZoneInfoNotFoundError, ValueError):
         tz = UTC
     today = now.astimezone(tz).date()
-    last_full = state.last_full_sync_at
-    full = force_full or last_full is None or now - last_full >= timedelta(hours=settings.full_sync_hours)
+    full = needs_full_window(state, settings, force_full=force_full, now=now)
     days = settings.lookback_days if full else min(settings.recent_days, settings.lookback_days)
     return SyncWindow(since=today - timedelta(days=days - 1), until=today, full=full)
 
@@ -189,6 +198,7 @@ class _Fetch:
     window: SyncWindow | None = None
     info: AccountInfo | None = None
     fetched: Fetched | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 class Syncer:
@@ -327,7 +337,12 @@ class Syncer:
         clock = time.monotonic()
         api = HttpClient(session, timeout=s.http_timeout, attempts=s.retry_attempts, max_wait=s.retry_max_wait, clock=self.clock)
         work = _Fetch(
-            Credentials(token_expires_at=state.token_expires_at, cached_access_token_expires_at=state.cached_access_token_expires_at)
+            Credentials(
+                token_expires_at=state.token_expires_at,
+                cached_access_token_expires_at=state.cached_access_token_expires_at,
+                data_access_expires_at=state.data_access_expires_at,
+                token_checked_at=state.token_checked_at,
+            )
         )
         try:
             self._fetch(state, work, api, force_full=options.full, now=started)
@@ -338,35 +353,53 @@ class Syncer:
             result.window = work.window
             result.status = exc.status if isinstance(exc, ApiError) else "error"
             result.error = describe_failure(exc)
-            result.retry_at = exc.retry_at if isinstance(exc, RateLimited) else None
+            result.retry_at = exc.retry_at if isinstance(exc, (RateLimited, AccountClosed)) else None
             if not isinstance(exc, EmsyncError):
                 log.debug("unexpected failure syncing %s", state.label, exc_info=True)
             self._save_failure(state, work, result, run_id, started, api.requests)
+        result.warnings = work.warnings
         result.api_requests = api.requests
         result.duration_s = time.monotonic() - clock
 
     def _fetch(self, state: IntegrationState, work: _Fetch, api: HttpClient, *, force_full: bool, now: datetime) -> None:
-        """Decrypt, prepare the credentials, learn the account once, read the window. Fills ``work`` as it goes."""
+        """Decrypt, prepare the credentials, learn the account (once; Meta: on every full-window sync), read the
+        window. Fills ``work`` as it goes; side steps that fail become ``work.warnings``."""
         creds = work.creds
         creds.access_token = self.box.decrypt(state.access_token_enc)
         creds.refresh_token = self.box.decrypt(state.refresh_token_enc)
         creds.cached_access_token = self.box.decrypt(state.cached_access_token_enc)
         register_secret(*creds.secrets())
         connector = make_connector(state.platform, self.settings, api, self.clock)
-        connector.prepare(creds)
-        if state.currency is None and state.time_zone is None:
-            work.info = connector.account_info(state.account, creds)
-            state = _with_info(state, work.info)
+        work.warnings.extend(connector.prepare(state.account, creds))
+        known = state.currency is not None or state.time_zone is not None
+        full = needs_full_window(state, self.settings, force_full=force_full, now=now)
+        if not known or (full and connector.reads_account_on_full_sync):
+            try:
+                work.info = connector.account_info(state.account, creds)
+            except (NeedsReauth, AccountClosed):
+                raise
+            except ApiError as exc:
+                if not known:
+                    raise
+                consequence = "synced with the currency and time zone already stored"
+                work.warnings.append(side_step_warning("reading the account's metadata and state", exc, consequence))
+            else:
+                work.warnings.extend(work.info.warnings)
+                state = _with_info(state, work.info)
         work.window = window_for(state, self.settings, force_full=force_full, now=now)
         work.fetched = connector.fetch(state.account, work.window, creds)
+        work.warnings.extend(work.fetched.warnings)
 
     def _save_success(self, state: IntegrationState, work: _Fetch, run_id: int, started: datetime, requests: int) -> int:
         """One write transaction: what the connector learnt, the window, the attempt, the status. Returns rows written."""
         assert work.window is not None and work.fetched is not None
         currency = work.info.currency if work.info else state.currency
+        link_ratios = state.platform == "meta" and self.settings.meta_clicks == "link"
         with write_transaction(self.db) as conn:
             self._remember(conn, state.id, work)
-            rows = campaign_rows.replace_window(conn, state.id, work.window, work.fetched.rows, currency, started)
+            written = campaign_rows.replace_window(conn, state.id, work.window, work.fetched, currency, started, link_ratios=link_ratios)
+            rows = written.rows
+            warnings = [*work.warnings, *written.warnings]
             finished = self.clock.now()
             runs.record_attempt(
                 conn,
@@ -380,7 +413,8 @@ class Syncer:
                 api_requests=requests,
                 error=None,
             )
-            store.mark_success(conn, state.id, finished_at=finished, full=work.window.full)
+            store.mark_success(conn, state.id, finished_at=finished, full=work.window.full, warning=_joined(warnings))
+        work.warnings = warnings
         return rows
 
     def _save_failure(
@@ -403,7 +437,17 @@ class Syncer:
                 api_requests=requests,
                 error=error,
             )
-            store.mark_failure(conn, state.id, finished_at=finished, status=result.status, error=error, retry_at=result.retry_at)
+            closed = result.retry_at if result.status == "error" else None  # an account closed upstream: back off a day
+            store.mark_failure(
+                conn,
+                state.id,
+                finished_at=finished,
+                status=result.status,
+                error=error,
+                retry_at=result.retry_at if result.status == "rate_limited" else None,
+                next_attempt_at=closed,
+                warning=_joined(work.warnings),
+            )
 
     def _remember(self, conn, integration_id: int, work: _Fetch) -> None:
         """Persist renewed tokens and first-sync account metadata, inside the caller's transaction."""
@@ -416,6 +460,8 @@ class Syncer:
                 token_expires_at=creds.token_expires_at,
                 cached_access_token_enc=self.box.encrypt(creds.cached_access_token),
                 cached_access_token_expires_at=creds.cached_access_token_expires_at,
+                data_access_expires_at=creds.data_access_expires_at,
+                token_checked_at=creds.token_checked_at,
             )
         if work.info is not None:
             store.save_account_info(
@@ -445,6 +491,10 @@ class Syncer:
                 result.duration_s,
                 extra=fields,
             )
+            if result.warnings:
+                log.warning(
+                    "%s for %s (%s) synced with a warning: %s", result.platform, result.email, result.label, _joined(result.warnings)
+                )
         else:
             log.error(
                 "Failed to sync %s for %s (%s): %s: %s",
@@ -459,3 +509,9 @@ class Syncer:
 
 def _with_info(state: IntegrationState, info: AccountInfo) -> IntegrationState:
     return replace(state, currency=info.currency, time_zone=info.time_zone)
+
+
+def _joined(warnings: list[str]) -> str | None:
+    """One ``last_warning`` from a sync's warnings (each redacted), None when there were none."""
+    unique = list(dict.fromkeys(redact(w) for w in warnings if w))
+    return "; ".join(unique) if unique else None

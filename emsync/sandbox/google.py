@@ -8,7 +8,7 @@ import time
 from datetime import date, timedelta
 
 from .data import day_stats
-from .server import Request, Response, Sandbox, apply_common_faults, new_id
+from .server import Request, Response, Sandbox, apply_common_faults, new_id, raw_response
 
 BETWEEN = re.compile(r"segments\.date\s+BETWEEN\s+'(\d{4}-\d{2}-\d{2})'\s+AND\s+'(\d{4}-\d{2}-\d{2})'", re.I)
 GE = re.compile(r"segments\.date\s*>=\s*'(\d{4}-\d{2}-\d{2})'", re.I)
@@ -71,6 +71,10 @@ def _stream_error(version: str, http: int, *args, **kwargs) -> Response:
 def token(sb: Sandbox, req: Request) -> tuple[str, str | None, Response]:
     p = req.params
     s = sb.scenario
+    fault = sb.take_endpoint_fault("google.token", ("server_error", "raw"))
+    if fault is not None:  # e.g. a 401 HTML page from a proxy, a 503
+        answer = raw_response(fault) if fault["kind"] == "raw" else Response(503, {"error": "backend_error"})
+        return "google.token", None, answer
     if p.get("client_id") != s["google_client_id"] or p.get("client_secret") != s["google_client_secret"]:
         return "google.token", None, Response(401, {"error": "invalid_client", "error_description": "The OAuth client was not found."})
     if p.get("grant_type") != "refresh_token":
@@ -299,6 +303,9 @@ def _answer(sb: Sandbox, version: str, customer: str, account: dict, query: str)
         "descriptiveName": account["name"],
     }
     rows = [_row(customer, s, account) for s in stats]
+    if rows and sb.take_fault("google", customer, "search_stream", ("row_outside_window",)):
+        early = {**rows[0], "segments": {"date": (span[0] - timedelta(days=5)).isoformat()}}
+        rows.append(early)
     if customer_fields:  # selected customer fields come back on every row, as the API does
         extra = {"resourceName": f"customers/{customer}", **{k: v for k, v in customer_values.items() if k in customer_fields}}
         for row in rows:
@@ -323,8 +330,8 @@ def _row(customer: str, s, account: dict) -> dict:
         "campaign": {
             "resourceName": f"customers/{customer}/campaigns/{s.campaign_id}",
             "id": s.campaign_id,
-            "name": s.campaign_name,
-            "status": "ENABLED",
+            "name": (account.get("campaign_names") or {}).get(s.campaign_id, s.campaign_name),
+            "status": (account.get("campaign_statuses") or {}).get(s.campaign_id, "ENABLED"),
         },
         "metrics": {k: v for k, v in metrics.items() if v is not None},  # proto3 JSON omits zeros
         "segments": {"date": s.day.isoformat()},
