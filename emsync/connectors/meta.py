@@ -123,7 +123,12 @@ class MetaConnector(HttpConnector):
         if code == DEPRECATED_VERSION:
             raise FatalApiError(self._version_advice(label, message), request_id=trace)
         if report_run and (code, sub) == (100, 33):
-            raise _ReportLag(f"Meta did not serve report run {report_run} yet ({label})", request_id=trace)
+            # Meta's text blames permissions, but right after a report completes this is a passing lag.
+            raise _ReportLag(
+                f"Meta answered 100/33 'Unsupported get request' for report run {report_run}, as it does for a while after a "
+                "report completes",
+                request_id=trace,
+            )
         if code == 10 or (isinstance(code, int) and 200 <= code <= 299) or (code, sub) == (100, 33):
             raise NeedsReauth(
                 f"{label}. The token's user has no access to {account.label} (or it does not exist): reconnect granting "

@@ -326,7 +326,10 @@ def _page(sb: Sandbox, req: Request, account_id: str, account: dict, params: dic
         stats = [s for s in stats if s.campaign_id not in hidden or (isinstance(asked, set) and states[s.campaign_id] in asked)]
     fields = [f for f in params.get("fields", "").split(",") if f] or ["spend", "impressions"]
     attribution = _attribution_asked(params)
-    rows = [_row(s, fields, account, account_id, attribution) for s in stats[offset : offset + limit]]
+    page = stats[offset : offset + limit]
+    if not page and offset and stats and sb.take_fault("meta", account_id, "insights", ("endless_pages",)):
+        page = stats[-limit:]  # a buggy chain: the last rows again, under ever new cursors
+    rows = [_row(s, fields, account, account_id, attribution) for s in page]
     if offset == 0 and sb.take_fault("meta", account_id, "insights", ("multi_day_row",)) and stats:
         rows.append(
             {
@@ -350,8 +353,8 @@ def _page(sb: Sandbox, req: Request, account_id: str, account: dict, params: dic
     if rows:
         body["paging"] = {"cursors": {"before": _encode(version, offset), "after": _encode(version, offset + len(rows))}}
         more = offset + limit < len(stats)
-        if not more and sb.take_fault("meta", account_id, "insights", ("empty_pages",)):
-            more = True  # the last page with rows still links to an (empty) next one
+        if not more and sb.take_fault("meta", account_id, "insights", ("empty_pages", "endless_pages")):
+            more = True  # the last page with rows still links to a next one
         if sb.take_fault("meta", account_id, "insights", ("bad_cursor_loop",)):
             more, offset, limit = True, offset - limit, limit  # a buggy server repeating its cursor
         if more:

@@ -17,7 +17,7 @@ page, a 429 with ``Retry-After``). Meta: ``rate_limit`` (``code``,
 ``token_revoked``, ``permission`` (#200), ``reduce_data``, ``usage_high``,
 ``legacy_throttle`` (``pct`` in ``x-fb-ads-insights-throttle`` only),
 ``bad_cursor_loop``, ``empty_pages`` (the chain goes on with empty pages and
-a fresh ``next`` forever), ``multi_day_row`` (one row spanning the whole
+a fresh ``next`` forever), ``endless_pages`` (the same: with the last rows again), ``multi_day_row`` (one row spanning the whole
 range), ``row_outside_window``, ``version_deprecated`` (#2635, ``wanted``),
 ``report_lag`` (100/33 on a report run's ``report_status`` or
 ``report_insights``, ``page``), ``report_failed`` (endpoint
