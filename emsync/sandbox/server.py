@@ -206,13 +206,17 @@ class Sandbox:
                     continue
                 if any(fault.get(k) is not None and fault.get(k) != v for k, v in match.items()):
                     continue
-                key = (platform, account_id, index)
-                used = self._fault_use.get(key, 0)
-                if fault.get("times") is not None and used >= fault["times"]:
-                    continue
-                self._fault_use[key] = used + 1
-                return fault
+                if self._use((platform, account_id, index), fault):
+                    return fault
         return None
+
+    def _use(self, key: tuple, fault: dict) -> bool:
+        """Consume one of the fault's ``times`` (the caller holds the lock); False when none is left."""
+        used = self._fault_use.get(key, 0)
+        if fault.get("times") is not None and used >= fault["times"]:
+            return False
+        self._fault_use[key] = used + 1
+        return True
 
     def take_endpoint_fault(self, endpoint: str, kinds: tuple[str, ...]) -> dict | None:
         """The first active fault of one of ``kinds`` in ``scenario["endpoint_faults"][endpoint]``, consuming one of
@@ -220,14 +224,8 @@ class Sandbox:
         Google's token endpoint)."""
         with self._lock:
             for index, fault in enumerate((self.scenario.get("endpoint_faults") or {}).get(endpoint) or []):
-                if fault.get("kind") not in kinds:
-                    continue
-                key = ("endpoint", endpoint, index)
-                used = self._fault_use.get(key, 0)
-                if fault.get("times") is not None and used >= fault["times"]:
-                    continue
-                self._fault_use[key] = used + 1
-                return fault
+                if fault.get("kind") in kinds and self._use(("endpoint", endpoint, index), fault):
+                    return fault
         return None
 
     def next_call(self, platform: str, account_id: str, endpoint: str) -> int:
