@@ -157,8 +157,8 @@ class HttpClient:
         if status == 429:
             return self.rate_limited(label, self.retry_after(response))
         if status >= 500:
-            wait = self.retry_after(response)
-            return RetryableError(label, wait=wait if wait is not None and wait <= self.max_wait else None)
+            wait = self.retry_after(response)  # a server that says when to come back is a rate limit
+            return RetryableError(label) if wait is None else self.rate_limited(label, wait)
         return FatalApiError(f"{label} without an error description{_snippet(response)}")
 
     def _attempt(self, method: str, url: str, classify, kwargs) -> Any:

@@ -227,8 +227,9 @@ def test_meta_retry_after_is_honoured_when_short(cli, make_sandbox, waits):
     assert integration(cli, integration_id)["status"] == "ok"
 
 
-def test_meta_retry_after_longer_than_the_max_wait_is_rate_limited_until_then(cli, make_sandbox, waits):
-    limit = {"kind": "raw", "status": 429, "text": "<html>slow down</html>", "headers": {"Retry-After": "7200"}}
+@pytest.mark.parametrize("status", [429, 503])
+def test_meta_retry_after_longer_than_the_max_wait_is_rate_limited_until_then(cli, make_sandbox, waits, status):
+    limit = {"kind": "raw", "status": status, "text": "<html>slow down</html>", "headers": {"Retry-After": "7200"}}
     sb = make_sandbox({"meta_accounts": {"1": {"faults": [limit]}}})
     integration_id = add_meta(cli, account="act_1")
     before = datetime.now(UTC)
