@@ -1,4 +1,5 @@
-"""The ``campaign_metrics`` table: an integration's window replaced exactly, and the ratios derived from it.
+"""The ``campaign_metrics`` table: an integration's window replaced as exactly as the answer allows, and the
+ratios derived from it (``campaigns`` keeps the campaigns themselves).
 
 Functions take a connection inside a write transaction the caller owns
 (``db.write_transaction``), so one integration's rows, its status and its
@@ -8,12 +9,14 @@ attempt record commit together or not at all.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import delete, func, select
 
-from .domain import InsightRow, SyncWindow
+from . import campaigns
+from .domain import Fetched, InsightRow, SyncWindow
 from .errors import FatalApiError
 from .models import metrics_t
 
@@ -34,7 +37,8 @@ def _ratio(numerator: Decimal, denominator: Decimal) -> Decimal | None:
 
 def derived_metrics(spend: Decimal, impressions: int, clicks: int, revenue: Decimal) -> dict:
     """CTR (percent), CPC and ROAS from the stored base metrics; None when the denominator is 0
-    (or the ratio is beyond what NUMERIC(18, 6) holds)."""
+    (or the ratio is beyond what NUMERIC(18, 6) holds). ``clicks``: all clicks, or link clicks under
+    META_CLICKS=link."""
     return {
         "ctr": _ratio(Decimal(clicks) * 100, Decimal(impressions)),
         "cpc": _ratio(spend, Decimal(clicks)),
@@ -50,6 +54,7 @@ _METRIC_COLUMNS = (
     "spend",
     "impressions",
     "clicks",
+    "link_clicks",
     "conversions",
     "revenue",
     "ctr",
@@ -71,8 +76,18 @@ def _upsert_sql(conn) -> str:
     )
 
 
-def _driver_rows(conn, integration_id: int, rows: Iterable[InsightRow], currency: str | None, synced_at: datetime) -> list[tuple]:
-    """Rows as the driver takes them, in ``_METRIC_COLUMNS`` order, built in one pass.
+def _driver_rows(
+    conn,
+    integration_id: int,
+    rows: Iterable[InsightRow],
+    currency: str | None,
+    synced_at: datetime,
+    *,
+    names: dict[str, str | None],
+    link_ratios: bool,
+) -> list[tuple]:
+    """Rows as the driver takes them, in ``_METRIC_COLUMNS`` order, built in one pass; each with its
+    campaign's current name (``names``).
 
     Values are converted exactly as SQLAlchemy would store them (its own bind
     processors for dates and timestamps, float for NUMERIC on SQLite), but once
@@ -89,13 +104,15 @@ def _driver_rows(conn, integration_id: int, rows: Iterable[InsightRow], currency
     append = out.append
     for row in rows:
         spend, conversions, revenue = _q(row.spend), _q(row.conversions), _q(row.revenue)
-        for name, value in (("spend", spend), ("conversions", conversions), ("revenue", revenue)):
+        for metric, value in (("spend", spend), ("conversions", conversions), ("revenue", revenue)):
             if abs(value) >= NUMERIC_LIMIT:
                 raise FatalApiError(
-                    f"campaign {row.campaign_id} on {row.date}: {name} {value} is beyond what emsync stores (NUMERIC(18,6))"
+                    f"campaign {row.campaign_id} on {row.date}: {metric} {value} is beyond what emsync stores (NUMERIC(18,6))"
                 )
-        ctr = _ratio(Decimal(row.clicks) * 100, Decimal(row.impressions)) if row.impressions else None
-        cpc = _ratio(spend, Decimal(row.clicks)) if row.clicks else None
+        clicks = row.link_clicks if link_ratios and row.link_clicks is not None else row.clicks
+        ctr = _ratio(Decimal(clicks) * 100, Decimal(row.impressions)) if row.impressions else None
+        cpc = _ratio(spend, Decimal(clicks)) if clicks else None
+        name = names.get(row.campaign_id, row.campaign_name)
         roas = _ratio(revenue, spend) if spend else None
         day = dates.get(row.date)
         if day is None:
@@ -106,10 +123,11 @@ def _driver_rows(conn, integration_id: int, rows: Iterable[InsightRow], currency
                     integration_id,
                     row.campaign_id,
                     day,
-                    row.campaign_name,
+                    name,
                     spend,
                     row.impressions,
                     row.clicks,
+                    row.link_clicks,
                     conversions,
                     revenue,
                     ctr,
@@ -125,10 +143,11 @@ def _driver_rows(conn, integration_id: int, rows: Iterable[InsightRow], currency
                     integration_id,
                     row.campaign_id,
                     day,
-                    row.campaign_name,
+                    name,
                     float(spend),
                     row.impressions,
                     row.clicks,
+                    row.link_clicks,
                     float(conversions),
                     float(revenue),
                     None if ctr is None else float(ctr),
@@ -141,31 +160,75 @@ def _driver_rows(conn, integration_id: int, rows: Iterable[InsightRow], currency
     return out
 
 
-def replace_window(
-    conn, integration_id: int, window: SyncWindow, rows: Iterable[InsightRow], currency: str | None, synced_at: datetime
-) -> int:
-    """Make the integration's rows for the window's dates equal ``rows``.
+@dataclass(frozen=True, slots=True)
+class WindowWrite:
+    """What ``replace_window`` did: rows written, and warnings (campaigns missing from a whole answer)."""
 
-    One upsert for everything returned, then one delete of what the API no
-    longer returns for those dates (every surviving row carries ``synced_at``).
-    Returns the number of rows written.
+    rows: int
+    warnings: tuple[str, ...] = ()
+
+
+def replace_window(
+    conn,
+    integration_id: int,
+    window: SyncWindow,
+    fetched: Fetched,
+    currency: str | None,
+    synced_at: datetime,
+    *,
+    link_ratios: bool = False,
+) -> WindowWrite:
+    """Make the integration's rows for the window's dates equal what the platform answered, as far as the
+    answer can tell; keep ``campaigns`` current.
+
+    One upsert for everything returned. Then, only when the answer is ``complete``, one delete of the days
+    that campaigns present in the answer no longer have (every surviving row carries ``synced_at``). Rows
+    of a campaign absent from the whole answer are never deleted: it may be deleted or archived upstream
+    and left out of the answer; it is marked vanished in ``campaigns`` and reported in the warnings.
+    ``link_ratios``: CTR and CPC divide by link clicks (META_CLICKS=link) instead of all clicks.
+
+    Raises:
+        FatalApiError: a row outside the window (nothing is written), or a value beyond NUMERIC(18, 6).
     """
     unique: dict[tuple[str, date], InsightRow] = {}
-    for row in rows:
-        if window.since <= row.date <= window.until:
-            unique[(row.campaign_id, row.date)] = row
-    values = _driver_rows(conn, integration_id, unique.values(), currency, synced_at)
+    for row in fetched.rows:
+        if not window.since <= row.date <= window.until:
+            raise FatalApiError(f"campaign {row.campaign_id} has a row dated {row.date}, outside the window {window.since}..{window.until}")
+        unique[(row.campaign_id, row.date)] = row
+    names = current_names(unique.values())
+    values = _driver_rows(conn, integration_id, unique.values(), currency, synced_at, names=names, link_ratios=link_ratios)
     if values:
         conn.exec_driver_sql(_upsert_sql(conn), values)
-    conn.execute(
-        delete(metrics_t).where(
-            metrics_t.c.integration_id == integration_id,
-            metrics_t.c.date >= window.since,
-            metrics_t.c.date <= window.until,
-            metrics_t.c.synced_at != synced_at,
-        )
-    )
-    return len(values)
+    present = {campaign_id for campaign_id, _ in unique}
+    warnings: tuple[str, ...] = ()
+    if fetched.complete:
+        in_window = metrics_t.c.integration_id == integration_id, metrics_t.c.date >= window.since, metrics_t.c.date <= window.until
+        stored = dict(conn.execute(select(metrics_t.c.campaign_id, func.count()).where(*in_window).group_by(metrics_t.c.campaign_id)).all())
+        absent = sorted(set(stored) - present)
+        gone = delete(metrics_t).where(*in_window, metrics_t.c.synced_at != synced_at)
+        for chunk in _chunks(absent):
+            gone = gone.where(metrics_t.c.campaign_id.not_in(chunk))
+        conn.execute(gone)
+        warnings = campaigns.mark_vanished(conn, integration_id, {c: stored[c] for c in absent}, window, synced_at)
+    campaigns.remember(conn, integration_id, names, fetched.statuses, synced_at)
+    return WindowWrite(len(values), warnings)
+
+
+def current_names(rows: Iterable[InsightRow]) -> dict[str, str | None]:
+    """Each campaign's current name: the one on its latest named day in the answer (the platforms send the
+    current name on every day; this only matters when one answer mixes names). None when it had none."""
+    names: dict[str, str | None] = {}
+    named_on: dict[str, date] = {}
+    for row in rows:
+        names.setdefault(row.campaign_id, None)
+        if row.campaign_name is not None and (row.campaign_id not in named_on or row.date >= named_on[row.campaign_id]):
+            named_on[row.campaign_id] = row.date
+            names[row.campaign_id] = row.campaign_name
+    return names
+
+
+def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def metric_rows(conn, integration_id: int) -> list[dict]:

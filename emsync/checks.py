@@ -17,8 +17,8 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
 from .crypto import TokenBox
 from .db import write_transaction
-from .domain import Credentials, account_label
-from .errors import ApiError, ConfigError, NeedsReauth, UserError
+from .domain import Account, Credentials, account_label
+from .errors import ApiError, ConfigError, FatalApiError, NeedsReauth, UserError
 from .http import HttpClient
 from .onboarding import ads_api, graph_api, http_client
 
@@ -132,7 +132,9 @@ class _GoogleCheck(_Check):
     def credential(self, credential_id: int, creds: Credentials) -> str:
         from .connectors.google import GoogleConnector
 
-        GoogleConnector(self.settings, self.http, self.clock).prepare(creds)
+        warnings = GoogleConnector(self.settings, self.http, self.clock).prepare(Account("google", f"credential {credential_id}"), creds)
+        if warnings:  # the refresh failed while a cached access token was still valid: a problem for a check
+            raise FatalApiError(warnings[0])
         if creds.changed:  # the one write: a fresh access token, cached for the syncs as they would
             with write_transaction(self.engine) as conn:
                 store.save_tokens(conn, self.box, credential_id, creds)

@@ -138,6 +138,27 @@ def _action_types(name: str, raw: str) -> tuple[str, ...]:
     return types
 
 
+# Meta's attribution windows for action_attribution_windows (Ads Action Stats). 7d_view and 28d_view
+# were deprecated by Meta in 2026: asking for them fails every query, so they are refused at start.
+ATTRIBUTION_WINDOWS = ("1d_click", "7d_click", "28d_click", "1d_view", "1d_ev")
+DEPRECATED_WINDOWS = ("7d_view", "28d_view")
+
+
+def _attribution(name: str, raw: str) -> str:
+    """``unified`` (each ad set's own attribution setting, as in Ads Manager) or a list of windows."""
+    if raw == "unified":
+        return raw
+    windows = [w.strip() for w in raw.split(",") if w.strip()]
+    if not windows:
+        raise ConfigError(f"{name} must be 'unified' or a list of attribution windows such as 7d_click,1d_view")
+    for window in windows:
+        if window in DEPRECATED_WINDOWS:
+            raise ConfigError(f"{name}: {window} was deprecated by Meta in 2026; use {', '.join(ATTRIBUTION_WINDOWS)} or 'unified'")
+        if window not in ATTRIBUTION_WINDOWS:
+            raise ConfigError(f"{name}: unknown attribution window {window!r}; use 'unified' or some of {', '.join(ATTRIBUTION_WINDOWS)}")
+    return ",".join(dict.fromkeys(windows))
+
+
 # ---------------------------------------------------------------- the table
 
 Parser = Callable[[str, str], Any]
@@ -242,6 +263,15 @@ class Settings:
         _action_types,
         help="priority list: the first type present in a row's actions is its conversions, its value the revenue",
     )
+    meta_attribution: str = _setting(
+        "META_ATTRIBUTION",
+        "unified",
+        _attribution,
+        help="unified (each ad set's attribution setting, as Ads Manager) or windows to sum, e.g. 7d_click,1d_view",
+    )
+    meta_clicks: str = _setting(
+        "META_CLICKS", "all", _choice("all", "link"), help="which Meta clicks CTR and CPC divide by: all (clicks) or link (link_clicks)"
+    )
     google_ads_api_url: str = _setting(
         "GOOGLE_ADS_API_URL", "https://googleads.googleapis.com", _http_url, help="Google Ads API (REST) base URL"
     )
@@ -283,6 +313,11 @@ class Settings:
     def secrets(self) -> list[str]:
         """Every configured secret value (each setting marked secret), for the redaction layer."""
         return [value for s in SETTINGS if s.secret and (value := getattr(self, s.attr))]
+
+    @property
+    def meta_attribution_windows(self) -> tuple[str, ...]:
+        """The windows META_ATTRIBUTION lists; () for ``unified``."""
+        return () if self.meta_attribution == "unified" else tuple(self.meta_attribution.split(","))
 
     def require_secret_key(self) -> str:
         if not self.secret_key:

@@ -1,9 +1,11 @@
 """The values a sync passes between the engine, the connectors and the store: plain data, no database or HTTP types.
 
 The path of one sync, in these names: the engine reads an ``IntegrationState``,
-decrypts its credential's ``CredentialState`` into ``Credentials``, asks a ``Connector`` for ``AccountInfo`` (first
-sync only) and for the ``Fetched`` rows of a ``SyncWindow``, and the store
-replaces that window with them.
+decrypts its credential's ``CredentialState`` into ``Credentials``, asks a ``Connector`` to prepare them, for
+``AccountInfo`` (first sync; Meta: every full-window sync) and for the
+``Fetched`` rows of a ``SyncWindow``, and the store replaces that window with
+them. Warnings (a failed side step, an answer emsync could not take as whole)
+travel in the return values and end on the integration's ``last_warning``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ class InsightRow:
 
     ``spend`` and ``revenue`` are in the account's currency units (not micros);
     ``conversions`` may be fractional (Google's attributed conversions).
+    ``clicks`` are all clicks (Meta's "clicks (all)"); ``link_clicks`` the
+    clicks that lead to the ad's destination (Meta ``inline_link_clicks``;
+    Google's clicks are its link clicks), None when unknown.
     """
 
     campaign_id: str
@@ -30,15 +35,18 @@ class InsightRow:
     clicks: int
     conversions: Decimal
     revenue: Decimal
+    link_clicks: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class AccountInfo:
-    """What the platform says about an account: ISO 4217 currency, IANA time zone, display name."""
+    """What the platform says about an account: ISO 4217 currency, IANA time zone, display name,
+    and ``warnings`` about its state (e.g. a Meta account in grace period) that do not stop a sync."""
 
     currency: str | None
     time_zone: str | None
     name: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,22 +68,28 @@ class Fetched:
 
     ``complete`` is true when the platform itself said the answer was whole
     (Meta: a paging chain that ended without ``next``; Google: the stream
-    ended): only then may the store delete rows the answer lacks.
+    ended): only then may the store delete rows the answer lacks. A chain
+    emsync ended by its own rule (empty pages, the page cap) is not complete:
+    its rows are upserted and nothing is deleted.
     ``warnings`` are shown on the integration without failing it.
+    ``statuses`` maps campaign id to the platform's status of the campaign
+    when the answer carried it (Google ``campaign.status``; Meta: never).
     """
 
     rows: list[InsightRow]
     complete: bool = True
     warnings: tuple[str, ...] = ()
+    statuses: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class Credentials:
     """A credential's tokens, decrypted for the duration of one sync (or one check).
 
-    A connector that renews a Meta token or caches a Google access token
-    changes them here and sets ``changed``; the engine then stores them on the
-    credential, for every integration using it. Never printed: see ``__repr__``.
+    A connector that renews a Meta token, caches a Google access token or asks
+    Meta's ``debug_token`` changes them here and sets ``changed``; the engine then
+    stores them on the credential, for every integration using it. Never printed:
+    see ``__repr__``.
     """
 
     access_token: str | None = None
@@ -83,6 +97,8 @@ class Credentials:
     refresh_token: str | None = None
     cached_access_token: str | None = None
     cached_access_token_expires_at: datetime | None = None
+    data_access_expires_at: datetime | None = None
+    token_checked_at: datetime | None = None
     changed: bool = field(default=False)
 
     def __repr__(self) -> str:
@@ -94,12 +110,25 @@ class Credentials:
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """Which account to read, and what is known about it (``login_customer_id``: Google manager account, 10 digits)."""
+    """Which account to read, and what is known about it (``login_customer_id``: Google manager account, 10 digits).
+
+    ``integration_id`` is emsync's id of the integration, for the commands a message tells the user to run.
+    """
 
     platform: str
     account_id: str
     login_customer_id: str | None = None
     time_zone: str | None = None
+    integration_id: int | None = None
+
+    @property
+    def label(self) -> str:
+        return account_label(self.platform, self.account_id)
+
+    @property
+    def update_command(self) -> str:
+        """``emsync integrations update <id>``, with the real id when known."""
+        return f"emsync integrations update {self.integration_id if self.integration_id is not None else '<integration id>'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +150,7 @@ class IntegrationState:
 
     @property
     def account(self) -> Account:
-        return Account(self.platform, self.account_id, self.login_customer_id, self.time_zone)
+        return Account(self.platform, self.account_id, self.login_customer_id, self.time_zone, self.id)
 
     @property
     def label(self) -> str:
@@ -139,6 +168,8 @@ class CredentialState:
     access_token_enc: str | None = field(default=None, repr=False)
     refresh_token_enc: str | None = field(default=None, repr=False)
     cached_access_token_enc: str | None = field(default=None, repr=False)
+    data_access_expires_at: datetime | None = None
+    token_checked_at: datetime | None = None
 
 
 class Connector(Protocol):
@@ -149,12 +180,20 @@ class Connector(Protocol):
     """
 
     platform: str
+    #: the account is read on every full-window sync (Meta: its account_status), not only the first
+    reads_account_on_full_sync: bool
 
-    def prepare(self, creds: Credentials) -> None:
-        """Make the credentials usable (renew or refresh tokens), changing ``creds`` in place."""
+    def prepare(self, account: Account, creds: Credentials) -> tuple[str, ...]:
+        """Make the credentials usable (renew or refresh tokens), changing ``creds`` in place.
+
+        Returns warnings: a side step that failed while the current token still works.
+        """
 
     def account_info(self, account: Account, creds: Credentials) -> AccountInfo:
-        """Currency, time zone and name of the account (one request; the engine stores the answer)."""
+        """Currency, time zone and name of the account (one request; the engine stores the answer).
+
+        Raises ``errors.AccountClosed`` when the platform says the account is closed or disabled.
+        """
 
     def fetch(self, account: Account, window: SyncWindow, creds: Credentials) -> Fetched:
         """Every campaign's daily metrics for the window's dates."""

@@ -82,7 +82,15 @@ class NeedsReauth(ApiError):
 
 
 class FatalApiError(ApiError):
-    """A request the platform will never accept as sent (bad parameter, no permission)."""
+    """A request the platform will never accept as sent (bad parameter, wrong setting, unanswerable row)."""
+
+
+class AccountClosed(ApiError):
+    """The account is closed or disabled at the platform: status stays ``error``, tried again at ``retry_at`` (a day later)."""
+
+    def __init__(self, message: str, *, retry_at: datetime, request_id: str | None = None):
+        super().__init__(message, request_id=request_id)
+        self.retry_at = retry_at
 
 
 class NeedsAsyncReport(ApiError):

@@ -5,6 +5,13 @@ Connectors never sleep or loop on errors themselves. They hand ``send`` a
 the ``errors`` classes; ``send`` retries ``RetryableError`` with tenacity
 (waiting what the server asked for, else exponential backoff with jitter) and
 lets every other error through at once.
+
+Every classifier starts with ``read_body`` and ends with ``undescribed``: the
+HTTP status decides first (a 2xx whose body is cut is a truncation; 404/410
+is a wrong URL; 429 and 5xx are worth retrying whatever their body), and only
+then the platform's own error object refines it. ``HttpClient.rate_limited``
+turns what the server asked for (``retryDelay``, ``Retry-After``, Meta's
+``estimated_time_to_regain_access``) into a wait or a ``rate_limited`` state.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import ApiError, RateLimited, RetryableError
+from .errors import ApiError, FatalApiError, RateLimited, RetryableError
 from .redaction import RedactingFilter, redact, register_secret
 
 log = logging.getLogger("emsync")
@@ -99,6 +108,59 @@ class HttpClient:
                 raise RateLimited(f"still rate limited after {self.attempts} attempts: {exc}", retry_at=retry_at) from None
             raise
 
+    def rate_limited(self, label: str, delay: float | None, *, request_id: str | None = None, unknown: timedelta | None = None) -> ApiError:
+        """The error for a rate limit, decided by what the server asked for, not by the error's name.
+
+        ``delay`` (seconds) up to ``EMSYNC_RETRY_MAX_WAIT``: wait that long and
+        retry; longer: ``RateLimited`` until then, without waiting. No delay:
+        retry with backoff, or, when ``unknown`` is given (a daily quota that
+        named no time), ``RateLimited`` for that long.
+        """
+        if delay is None:
+            if unknown is not None:
+                return RateLimited(label, retry_at=self.clock.now() + unknown, request_id=request_id)
+            return RetryableError(label, rate_limit=True, request_id=request_id)
+        if delay <= self.max_wait:
+            return RetryableError(label, wait=delay, rate_limit=True, request_id=request_id)
+        return RateLimited(
+            f"{label} (asked to wait {_duration(delay)}, longer than EMSYNC_RETRY_MAX_WAIT={self.max_wait:g}s)",
+            retry_at=self.clock.now() + timedelta(seconds=delay),
+            request_id=request_id,
+        )
+
+    def retry_after(self, response) -> float | None:
+        """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date, RFC 9110 section 10.2.3); None when absent."""
+        raw = (response.headers.get("Retry-After") or "").strip()
+        if not raw:
+            return None
+        if raw.isdigit():
+            return float(raw)
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        return max((when - self.clock.now()).total_seconds(), 0.0)
+
+    def undescribed(self, response, service: Service, *, unauthorized: ApiError | None = None) -> ApiError:
+        """The error for a non-2xx answer the platform did not describe (no error object, or no JSON at all).
+
+        401 → ``unauthorized`` (what 401 means depends on the endpoint); 429 →
+        a rate limit honouring ``Retry-After``; 5xx → retry (``Retry-After``
+        when given); any other status → permanent.
+        """
+        status = response.status_code
+        label = f"{service.name} answered HTTP {status}{_reason_phrase(response)}"
+        if status == 401 and unauthorized is not None:
+            return unauthorized
+        if status == 429:
+            return self.rate_limited(label, self.retry_after(response))
+        if status >= 500:
+            wait = self.retry_after(response)  # a server that says when to come back is a rate limit
+            return RetryableError(label) if wait is None else self.rate_limited(label, wait)
+        return FatalApiError(f"{label} without an error description{_snippet(response)}")
+
     def _attempt(self, method: str, url: str, classify, kwargs) -> Any:
         import requests
 
@@ -117,12 +179,68 @@ class HttpClient:
             raise RetryableError(f"response from {_host(url)} was cut off: {_reason(exc)}") from None
 
 
-def parse_json(response) -> Any:
-    """The body as JSON; a truncated or non-JSON body is worth a retry."""
+@dataclass(frozen=True)
+class Service:
+    """Who answered, for messages: its name and the settings that say where emsync sends the requests."""
+
+    name: str  # "Meta", "Google Ads", "Google's token endpoint"
+    settings: str  # e.g. "GOOGLE_ADS_API_URL and GOOGLE_ADS_API_VERSION"
+
+
+def read_body(response, service: Service) -> Any:
+    """The body as JSON, the HTTP status deciding first.
+
+    Returns the parsed body, or None when a non-2xx body is not JSON (an HTML
+    error page, "Not Found"): the caller then decides by the status alone
+    (``HttpClient.undescribed``).
+
+    Raises:
+        RetryableError: a 2xx whose body is empty, cut or not JSON (truncated in transit).
+        FatalApiError: 404 or 410: the URL does not exist, usually a wrong base
+            URL or an API version the platform has retired; names the URL (no
+            query) and the settings to check.
+    """
+    status = response.status_code
+    if status in (404, 410):
+        where = redact(_short(str(getattr(response, "url", "") or "")))
+        raise FatalApiError(
+            f"{service.name} answered HTTP {status}{_reason_phrase(response)} for {where}: the URL does not exist; "
+            f"check {service.settings} (a version the platform has retired answers like this){_snippet(response)}"
+        )
     try:
         return response.json()
     except ValueError:
-        raise RetryableError(f"HTTP {response.status_code} with a body that is not complete JSON ({len(response.content)} bytes)") from None
+        if 200 <= status < 300:
+            raise RetryableError(
+                f"{service.name} answered HTTP {status} with a body that is not complete JSON ({len(response.content)} bytes)"
+            ) from None
+        return None
+
+
+def _reason_phrase(response) -> str:
+    reason = getattr(response, "reason", None)
+    return f" {reason}" if isinstance(reason, str) and reason else ""
+
+
+def _snippet(response) -> str:
+    """The start of a short plain-text body ("Service Unavailable"), never HTML markup nor a repeat of
+    the reason phrase; '' otherwise."""
+    try:
+        text = response.text.strip()
+    except (AttributeError, ValueError):
+        return ""
+    if not text or text.startswith(("<", "{", "[")):
+        return ""
+    line = text.splitlines()[0][:120]
+    return "" if line == getattr(response, "reason", None) else f" ({redact(line)})"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _host(url: str) -> str:
@@ -149,4 +267,4 @@ def _reason(exc: Exception) -> str:
 
 
 # redact and register_secret are re-exported: connectors and helpers import the HTTP layer's names from here.
-__all__ = ["ApiError", "HttpClient", "RedactingFilter", "new_session", "parse_json", "redact", "register_secret"]
+__all__ = ["ApiError", "HttpClient", "RedactingFilter", "Service", "new_session", "read_body", "redact", "register_secret"]

@@ -62,6 +62,10 @@ class Credential(SQLModel, table=True):
     refresh_token_enc: str | None = Field(default=None, repr=False, sa_column=Column(Text, nullable=True))
     cached_access_token_enc: str | None = Field(default=None, repr=False, sa_column=Column(Text, nullable=True))
     cached_access_token_expires_at: datetime | None = None
+    # Meta debug_token: when a user token loses data access (~90 days without the user logging in), and when
+    # emsync last asked (at most once a day per credential).
+    data_access_expires_at: datetime | None = None
+    token_checked_at: datetime | None = None
 
 
 class Integration(SQLModel, table=True):
@@ -81,6 +85,12 @@ class Integration(SQLModel, table=True):
     last_attempt_at: datetime | None = None
     last_error: str | None = None
     rate_limited_until: datetime | None = None
+    # What the last sync warned about without failing (a failed token renewal, a paging chain emsync ended
+    # itself, a campaign missing from the answer); cleared by the next sync without a warning.
+    last_warning: str | None = None
+    last_warning_at: datetime | None = None
+    # An account closed or disabled upstream is tried again only from this time on (once a day).
+    next_attempt_at: datetime | None = None
     token_expires_at: datetime | None = None  # a copy of its credential's, kept by store.py for the dashboard
     currency: str | None = Field(default=None, max_length=8)
     time_zone: str | None = Field(default=None, max_length=64)
@@ -107,6 +117,8 @@ class CampaignMetric(SQLModel, table=True):
     spend: Decimal = Field(default=Decimal(0), max_digits=18, decimal_places=6, nullable=False)
     impressions: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     clicks: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    # Clicks to the ad's destination (Meta inline_link_clicks; Google: its clicks). NULL for rows synced before 0002.
+    link_clicks: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     conversions: Decimal = Field(default=Decimal(0), max_digits=18, decimal_places=6, nullable=False)
     revenue: Decimal = Field(default=Decimal(0), max_digits=18, decimal_places=6, nullable=False)
     ctr: Decimal | None = Field(default=None, max_digits=18, decimal_places=6)
@@ -114,6 +126,21 @@ class CampaignMetric(SQLModel, table=True):
     roas: Decimal | None = Field(default=None, max_digits=18, decimal_places=6)
     currency: str | None = Field(default=None, max_length=8)
     synced_at: datetime = Field(default_factory=utcnow, nullable=False)
+
+
+class Campaign(SQLModel, table=True):
+    """One campaign of an integration: its current name and status; ``vanished`` when a whole answer lacked it
+    while rows of it were stored (its rows are kept). First and last day seen: the view ``campaign_days_seen``."""
+
+    __tablename__ = "campaigns"
+
+    integration_id: int = Field(sa_column=Column(Integer, ForeignKey("integrations.id"), primary_key=True))
+    campaign_id: str = Field(primary_key=True, max_length=64)
+    name: str | None = Field(default=None, max_length=500)
+    status: str | None = Field(default=None, max_length=32)  # Google campaign.status; Meta: NULL
+    vanished: bool = Field(default=False, nullable=False)
+    vanished_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow, nullable=False)
 
 
 # 64-bit ids where rows accumulate (48 runs a day x thousands of integrations); SQLite's rowid is 64-bit already.
@@ -164,5 +191,6 @@ users_t: Table = User.__table__  # type: ignore[attr-defined]
 integrations_t: Table = Integration.__table__  # type: ignore[attr-defined]
 credentials_t: Table = Credential.__table__  # type: ignore[attr-defined]
 metrics_t: Table = CampaignMetric.__table__  # type: ignore[attr-defined]
+campaigns_t: Table = Campaign.__table__  # type: ignore[attr-defined]
 runs_t: Table = SyncRun.__table__  # type: ignore[attr-defined]
 attempts_t: Table = SyncAttempt.__table__  # type: ignore[attr-defined]

@@ -49,7 +49,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import FatalApiError, RetryableError, UserError
-from .http import HttpClient, new_session, parse_json, redact, register_secret
+from .http import HttpClient, Service, new_session, read_body, redact, register_secret
 
 ADS_SCOPE = "https://www.googleapis.com/auth/adwords"
 SCOPES = (ADS_SCOPE, "openid", "email")
@@ -57,6 +57,7 @@ GOOGLE_AUTH_URL = "https://accounts.google.com/o/oauth2/v2/auth"
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 GOOGLE_REVOKE_URL = "https://oauth2.googleapis.com/revoke"
 LOOPBACK_HOST = "127.0.0.1"
+REVOKE_SERVICE = Service("Google's revoke endpoint", "GOOGLE_OAUTH_REVOKE_URL")
 DEFAULT_TIMEOUT_S = 300.0
 SUCCESS_PAGE = "emsync received Google's answer. You can close this tab and return to the terminal."
 
@@ -360,7 +361,7 @@ def _classify_revoke(response) -> bool:
         return True
     if response.status_code == 429 or response.status_code >= 500:
         raise RetryableError(f"Google's revoke endpoint answered HTTP {response.status_code}")
-    body = parse_json(response)
+    body = read_body(response, REVOKE_SERVICE)
     error = body.get("error") if isinstance(body, dict) else None
     if response.status_code == 400 and error == "invalid_token":
         return False

@@ -23,7 +23,7 @@ from . import discovery, store, validate
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
 from .crypto import TokenBox
-from .domain import Credentials, account_label
+from .domain import Account, Credentials, account_label
 from .errors import ApiError, ConfigError, UserError
 from .http import HttpClient, new_session
 from .oauth import GoogleGrant, OAuthClient
@@ -182,7 +182,7 @@ def meta_login(settings: Settings, token: str, http: HttpClient | None = None, c
         if first.token_type == "USER" and first.expires_at is not None and first.expires_at - clock.now() < META_RENEW_WITHIN:
             if settings.meta_app_id and settings.meta_app_secret:
                 creds = Credentials(access_token=token, token_expires_at=first.expires_at)
-                MetaConnector(settings, http, clock).prepare(creds)  # fb_exchange_token, as a sync renews tokens
+                MetaConnector(settings, http, clock).renew(Account("meta", "me"), creds)  # fb_exchange_token, as a sync renews
                 token = creds.access_token or token
                 notes.append("exchanged the short-lived token for a long-lived one")
             else:

@@ -24,7 +24,9 @@ SECRET_PARAMS = (
     "password",
 )
 _PARAM_RE = re.compile(r"(?i)\b(" + "|".join(SECRET_PARAMS) + r")(=|%3D|\"\s*:\s*\")([^&\s\"'#]+)")
-_BEARER_RE = re.compile(r"(?i)\b(bearer|oauth)\s+[A-Za-z0-9._~+/=|-]{8,}")
+# Only the "Bearer <token>" shape (RFC 6750): masking the word after "OAuth" hid ordinary words
+# ("Google OAuth rejected the client"); the token parameters above and the registry cover the rest.
+_BEARER_RE = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=|-]{8,}")
 MIN_SECRET_LENGTH = 6
 
 _lock = threading.Lock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from . import campaign_rows, runs, store
 from .config import Settings
@@ -30,7 +31,11 @@ def integration_json(row: dict) -> dict:
         "last_full_sync_at": row.get("last_full_sync_at"),
         "last_error": row["last_error"],
         "rate_limited_until": row.get("rate_limited_until"),
+        "next_attempt_at": row.get("next_attempt_at"),
+        "last_warning": row.get("last_warning"),
+        "last_warning_at": row.get("last_warning_at"),
         "token_expires_at": row["token_expires_at"],
+        "data_access_expires_at": row.get("data_access_expires_at"),
         "currency": row.get("currency"),
         "time_zone": row.get("time_zone"),
         "created_at": row.get("created_at"),
@@ -73,9 +78,22 @@ def build_status(conn, settings: Settings, *, now: datetime | None = None) -> di
         item["rows_in_window"] = in_window.get(row["id"], 0)
         expires = row["token_expires_at"]
         item["token_expires_soon"] = bool(expires and expires - now < TOKEN_WARNING)
+        access = row.get("data_access_expires_at")
+        item["data_access_expires_soon"] = bool(access and access - now < TOKEN_WARNING)
+        who = f"integration {row['id']} ({row['email']}, {item['account']})"
         if row["is_active"] and item["token_expires_soon"]:
             verb = "expired" if expires <= now else "expires"
-            warnings.append(f"integration {row['id']} ({row['email']}, {item['account']}): Meta token {verb} {expires:%Y-%m-%d %H:%M} UTC")
+            warnings.append(f"{who}: Meta token {verb} {expires:%Y-%m-%d %H:%M} UTC")
+        if row["is_active"] and access is not None and item["data_access_expires_soon"]:
+            verb = "lost" if access <= now else "loses"
+            warnings.append(
+                f"{who}: the Meta token {verb} data access {access:%Y-%m-%d %H:%M} UTC (the user must log in to the app again, "
+                "or reconnect the account)"
+            )
+        if row["is_active"] and item["next_attempt_at"] and row["status"] == "error":
+            warnings.append(f"{who}: account closed or disabled upstream; next attempt {item['next_attempt_at']:%Y-%m-%d %H:%M} UTC")
+        if row["is_active"] and item["last_warning"]:
+            warnings.append(f"{who}: {item['last_warning']}")
         integrations.append(item)
     recent = [_run_json(r, now, socket.gethostname()) for r in runs.recent_runs(conn, 10)]
     google_active = sum(1 for r in rows if r["platform"] == "google" and r["is_active"])
@@ -95,8 +113,16 @@ def build_status(conn, settings: Settings, *, now: datetime | None = None) -> di
     }
 
 
-def check_problems(report: dict, settings: Settings, *, now: datetime | None = None) -> list[str]:
-    """One line per active integration that needs attention, worst first."""
+class Problem(NamedTuple):
+    """One thing ``status --check`` reports: ``level`` "critical" (failing, stale) or "warning" (an account closed
+    upstream and backing off, a sync that warned)."""
+
+    level: str
+    text: str
+
+
+def check_problems(report: dict, settings: Settings, *, now: datetime | None = None) -> list[Problem]:
+    """One problem per active integration that needs attention, critical ones first."""
     now = now or datetime.now(UTC)
     stale = timedelta(minutes=settings.stale_after_minutes)
     problems = []
@@ -106,11 +132,17 @@ def check_problems(report: dict, settings: Settings, *, now: datetime | None = N
         who = f"integration {item['id']} ({item['platform']} {item['account']}, {item['email']})"
         if item["status"] in ("error", "needs_reauth", "rate_limited"):
             reason = (item["last_error"] or "").splitlines()[0][:200] if item["last_error"] else ""
-            problems.append(f"{who} is {item['status']}" + (f": {reason}" if reason else ""))
+            # An account closed or disabled upstream is not emsync failing: it backs off to one attempt a day.
+            level = "warning" if item["status"] == "error" and item.get("next_attempt_at") else "critical"
+            problems.append(Problem(level, f"{who} is {item['status']}" + (f": {reason}" if reason else "")))
             continue
         since = item["last_synced_at"] or item["created_at"]
         if since is not None and now - since > stale:
             minutes = int((now - since).total_seconds() // 60)
             what = "has not synced successfully" if item["last_synced_at"] else "has never synced"
-            problems.append(f"{who} {what} for {minutes} minutes (EMSYNC_STALE_AFTER_MINUTES={settings.stale_after_minutes})")
-    return problems
+            problems.append(
+                Problem("critical", f"{who} {what} for {minutes} minutes (EMSYNC_STALE_AFTER_MINUTES={settings.stale_after_minutes})")
+            )
+        elif item.get("last_warning"):
+            problems.append(Problem("warning", f"{who} synced with a warning: {item['last_warning'].splitlines()[0][:200]}"))
+    return sorted(problems, key=lambda p: p.level != "critical")

@@ -119,7 +119,8 @@ def due_integrations(conn, *, email: str | None, platform: str | None, include_r
     """Active integrations a run should take, in id order (see CONTRACT.md, "Which integrations a run takes").
 
     Freshness (``EMSYNC_MIN_INTERVAL_MINUTES``) is the engine's to judge, from ``last_sync_started_at``,
-    so that it can report those it skips.
+    so that it can report those it skips. ``include_reauth`` (a person asked: sync-user) also takes those that
+    need re-authorisation and accounts closed upstream whose daily attempt has not come yet.
     """
     query = (
         select(
@@ -142,6 +143,7 @@ def due_integrations(conn, *, email: str | None, platform: str | None, include_r
     )
     if not include_reauth:
         query = query.where(integrations_t.c.status != "needs_reauth")
+        query = query.where(or_(integrations_t.c.next_attempt_at.is_(None), integrations_t.c.next_attempt_at <= now))
     if email is not None:
         query = query.where(users_t.c.email == email)
     if platform is not None:

@@ -24,7 +24,7 @@ from .clock import utcnow
 from .crypto import TokenBox
 from .domain import Credentials, CredentialState, IntegrationState
 from .errors import ConfigError, UnknownUser, UserError
-from .models import attempts_t, credentials_t, integrations_t, metrics_t, users_t
+from .models import attempts_t, campaigns_t, credentials_t, integrations_t, metrics_t, users_t
 
 # ---------------------------------------------------------------- users
 
@@ -187,7 +187,7 @@ def _give_another_chance(conn, where) -> None:
     conn.execute(
         update(integrations_t)
         .where(where, integrations_t.c.status.in_(("needs_reauth", "error", "rate_limited")))
-        .values(status="never_synced", last_error=None, rate_limited_until=None)
+        .values(status="never_synced", last_error=None, rate_limited_until=None, next_attempt_at=None)
     )
 
 
@@ -204,6 +204,9 @@ _PUBLIC_COLUMNS = (
     "last_attempt_at",
     "last_error",
     "rate_limited_until",
+    "last_warning",
+    "last_warning_at",
+    "next_attempt_at",
     "token_expires_at",
     "currency",
     "time_zone",
@@ -215,7 +218,11 @@ _PUBLIC_COLUMNS = (
 
 def _integration_query():
     cols = [integrations_t.c[name] for name in _PUBLIC_COLUMNS]
-    return select(*cols, integrations_t.c.user_id, users_t.c.email).join(users_t, users_t.c.id == integrations_t.c.user_id)
+    return (
+        select(*cols, integrations_t.c.user_id, users_t.c.email, credentials_t.c.data_access_expires_at)
+        .join(users_t, users_t.c.id == integrations_t.c.user_id)
+        .join(credentials_t, credentials_t.c.id == integrations_t.c.credential_id)
+    )
 
 
 def list_integrations(conn, *, email: str | None = None, platform: str | None = None) -> list[dict]:
@@ -291,6 +298,7 @@ def remove_integration(conn, integration_id: int) -> int:
     """Delete an integration with its rows and attempt records. Returns the rows deleted."""
     get_integration(conn, integration_id)
     rows = conn.execute(delete(metrics_t).where(metrics_t.c.integration_id == integration_id)).rowcount
+    conn.execute(delete(campaigns_t).where(campaigns_t.c.integration_id == integration_id))
     conn.execute(delete(attempts_t).where(attempts_t.c.integration_id == integration_id))
     conn.execute(delete(integrations_t).where(integrations_t.c.id == integration_id))
     return rows
@@ -516,7 +524,7 @@ def credential_state(conn, credential_id: int) -> CredentialState | None:
 
 def save_tokens(conn, box: TokenBox, credential_id: int, creds: Credentials) -> None:
     """Persist what a connector renewed (a Meta token, a cached Google access token), encrypted, for every
-    integration using the credential; ``creds.changed`` is cleared."""
+    integration using the credential, with what Meta's debug_token said and when; ``creds.changed`` is cleared."""
     _set_credential(
         conn,
         credential_id,
@@ -524,11 +532,14 @@ def save_tokens(conn, box: TokenBox, credential_id: int, creds: Credentials) -> 
         token_expires_at=creds.token_expires_at,
         cached_access_token_enc=box.encrypt(creds.cached_access_token),
         cached_access_token_expires_at=creds.cached_access_token_expires_at,
+        data_access_expires_at=creds.data_access_expires_at,
+        token_checked_at=creds.token_checked_at,
     )
     creds.changed = False
 
 
-def mark_success(conn, integration_id: int, *, started_at: datetime, finished_at: datetime, full: bool) -> None:
+def mark_success(conn, integration_id: int, *, started_at: datetime, finished_at: datetime, full: bool, warning: str | None = None) -> None:
+    """``ok``; ``warning`` (what the sync warned about without failing) replaces ``last_warning``: None clears it."""
     values = dict(
         status="ok",
         last_sync_started_at=started_at,
@@ -536,6 +547,9 @@ def mark_success(conn, integration_id: int, *, started_at: datetime, finished_at
         last_attempt_at=finished_at,
         last_error=None,
         rate_limited_until=None,
+        next_attempt_at=None,
+        last_warning=warning[:2000] if warning else None,
+        last_warning_at=finished_at if warning else None,
         updated_at=finished_at,
     )
     if full:
@@ -543,10 +557,28 @@ def mark_success(conn, integration_id: int, *, started_at: datetime, finished_at
     conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))
 
 
-def mark_failure(conn, integration_id: int, *, finished_at: datetime, status: str, error: str, retry_at: datetime | None) -> None:
-    """``status`` is one of error, needs_reauth, rate_limited; ``retry_at`` only for rate_limited."""
-    conn.execute(
-        update(integrations_t)
-        .where(integrations_t.c.id == integration_id)
-        .values(status=status, last_error=error[:2000], last_attempt_at=finished_at, rate_limited_until=retry_at, updated_at=finished_at)
+def mark_failure(
+    conn,
+    integration_id: int,
+    *,
+    finished_at: datetime,
+    status: str,
+    error: str,
+    retry_at: datetime | None,
+    next_attempt_at: datetime | None = None,
+    warning: str | None = None,
+) -> None:
+    """``status`` is one of error, needs_reauth, rate_limited; ``retry_at`` only for rate_limited;
+    ``next_attempt_at`` for an account closed upstream (no run takes it before then). A ``warning`` replaces
+    ``last_warning``; without one the last warning stays (only a clean sync clears it)."""
+    values = dict(
+        status=status,
+        last_error=error[:2000],
+        last_attempt_at=finished_at,
+        rate_limited_until=retry_at,
+        next_attempt_at=next_attempt_at,
+        updated_at=finished_at,
     )
+    if warning:
+        values.update(last_warning=warning[:2000], last_warning_at=finished_at)
+    conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))

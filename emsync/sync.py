@@ -5,11 +5,12 @@ The path of one integration, top to bottom in ``Syncer``:
     _sync_one      claim it (locks.py: a lease or a flock) and read its IntegrationState (store.py);
                    skip it if another run just synced it (start-time rule, freshness)
     _attempt       then
-      _fetch         _prepare → account_info (first sync) → fetch(window)
+      _fetch         _prepare → account_info (first sync; Meta: every full sync) → fetch(window)
         _prepare       under the credential's lock: re-read the credential (store.py), decrypt its
-                       Credentials, connector.prepare (refresh or renew), save what changed at once
+                       Credentials, connector.prepare (refresh or renew; Meta: debug_token once a
+                       day), save what changed at once
       _save_success  one write transaction: the claim fenced (still ours?), the window (campaign_rows.py),
-                     the attempt record (runs.py), the integration's status (store.py)
+                     the attempt record (runs.py), the integration's status and warning (store.py)
       _save_failure  one write transaction: the claim fenced, the attempt, the failing status
 
 Integrations share credentials (one Google login, one Meta user): a Google
@@ -21,6 +22,10 @@ or Meta refused is not tried again in the same run.
 While a run lasts, its heartbeat (heartbeat.py) renews the leases and the run
 row every 30 s; attempts never write the run row, and the run's counts are
 written once, at the end.
+
+A side step (token renewal, debug_token, re-reading account metadata already
+stored) that fails never fails a sync that can succeed: the connector or the
+engine turns it into a warning, and warnings end on ``last_warning``.
 
 Each integration is independent: its own claim, its own transaction, its own
 error. Whatever goes wrong for one integration — claim, fetch, write, even
@@ -43,10 +48,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from . import campaign_rows, runs, store
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
+from .connectors.base import side_step_warning
 from .crypto import TokenBox
 from .db import make_engine, write_transaction
 from .domain import AccountInfo, Connector, Credentials, Fetched, IntegrationState, SyncWindow, account_label
-from .errors import ApiError, EmsyncError, NeedsReauth, RateLimited
+from .errors import AccountClosed, ApiError, EmsyncError, NeedsReauth, RateLimited
 from .healthcheck import Healthcheck
 from .heartbeat import Heartbeat
 from .http import HttpClient, new_session
@@ -87,6 +93,7 @@ class IntegrationResult:
     error: str | None = None
     window: SyncWindow | None = None
     retry_at: datetime | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -112,6 +119,7 @@ class IntegrationResult:
             else {"since": window.since.isoformat(), "until": window.until.isoformat(), "full": window.full},
             "error": self.error,
             "retry_at": self.retry_at.isoformat() if self.retry_at else None,
+            "warnings": list(self.warnings),
         }
 
 
@@ -182,19 +190,20 @@ def full_window_due(integration_id: int, last_full: datetime | None, period_hour
     return last_s < latest_phase and now_s - last_s >= period / 2
 
 
-def window_for(state: IntegrationState, settings: Settings, *, force_full: bool, now: datetime) -> SyncWindow:
-    """The dates to fetch: today in the account's time zone and the days before it.
+def needs_full_window(state: IntegrationState, settings: Settings, *, force_full: bool, now: datetime) -> bool:
+    """The whole lookback window on the first sync, with ``force_full``, or once every
+    ``EMSYNC_FULL_SYNC_HOURS`` at the integration's own time of day (``full_window_due``); else the recent days."""
+    return force_full or full_window_due(state.id, state.last_full_sync_at, settings.full_sync_hours, now)
 
-    The whole lookback window on the first sync, with ``force_full``, or once
-    every ``EMSYNC_FULL_SYNC_HOURS`` at the integration's own time of day
-    (``full_window_due``); else the recent days.
-    """
+
+def window_for(state: IntegrationState, settings: Settings, *, force_full: bool, now: datetime) -> SyncWindow:
+    """The dates to fetch: today in the account's time zone and the days before it (see ``needs_full_window``)."""
     try:
         tz = ZoneInfo(state.time_zone) if state.time_zone else UTC
     except (ZoneInfoNotFoundError, ValueError):
         tz = UTC
     today = now.astimezone(tz).date()
-    full = force_full or full_window_due(state.id, state.last_full_sync_at, settings.full_sync_hours, now)
+    full = needs_full_window(state, settings, force_full=force_full, now=now)
     days = settings.lookback_days if full else min(settings.recent_days, settings.lookback_days)
     return SyncWindow(since=today - timedelta(days=days - 1), until=today, full=full)
 
@@ -231,6 +240,7 @@ class _Fetch:
     window: SyncWindow | None = None
     info: AccountInfo | None = None
     fetched: Fetched | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 class Syncer:
@@ -260,6 +270,7 @@ class Syncer:
         self._credential_locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._refused: dict[int, str] = {}  # credential id -> why the platform refused it in this run
+        self._side_warnings: dict[int, tuple[str, ...]] = {}  # credential id -> its failed side steps in this run
 
     # ---------------------------------------------------------------- a run
 
@@ -303,6 +314,7 @@ class Syncer:
         clock = time.monotonic()
         result = opened or self.open_run(options)
         self._refused.clear()
+        self._side_warnings.clear()
         try:
             fresh_after = self._fresh_after(options, result.started_at)
             with self.db.begin() as conn:
@@ -424,7 +436,7 @@ class Syncer:
             result.error = describe_failure(exc)
             if work.fetched is not None and not isinstance(exc, EmsyncError):  # fetched, then the write failed
                 result.error = f"fetched {len(work.fetched.rows)} rows but could not store them ({result.error}); previous rows kept"
-            result.retry_at = exc.retry_at if isinstance(exc, RateLimited) else None
+            result.retry_at = exc.retry_at if isinstance(exc, (RateLimited, AccountClosed)) else None
             if not isinstance(exc, EmsyncError):
                 log.debug("unexpected failure syncing %s", state.label, exc_info=True)
             if not isinstance(exc, LeaseLost):  # the integration is another process's now: record nothing on it
@@ -432,29 +444,47 @@ class Syncer:
                     self._save_failure(state, work, result, run_id, started, api.requests)
                 except Exception as again:  # noqa: BLE001 - e.g. the database is gone: say so, never drop the result
                     result.error = f"{result.error} (not recorded: {describe_failure(again)})"
+        result.warnings = work.warnings
         result.api_requests = api.requests
         result.duration_s = time.monotonic() - clock
 
     def _fetch(self, state: IntegrationState, work: _Fetch, api: HttpClient, *, force_full: bool, now: datetime) -> None:
-        """Prepare the credentials, learn the account once, read the window. Fills ``work`` as it goes."""
+        """Decrypt, prepare the credentials, learn the account (once; Meta: on every full-window sync), read the
+        window. Fills ``work`` as it goes; side steps that fail become ``work.warnings``."""
         creds = work.creds
         connector = make_connector(state.platform, self.settings, api, self.clock)
-        self._prepare(state.credential_id, connector, creds)
-        if state.currency is None and state.time_zone is None:
-            work.info = connector.account_info(state.account, creds)
-            state = _with_info(state, work.info)
+        work.warnings.extend(self._prepare(state, connector, creds))
+        known = state.currency is not None or state.time_zone is not None
+        full = needs_full_window(state, self.settings, force_full=force_full, now=now)
+        if not known or (full and connector.reads_account_on_full_sync):
+            try:
+                work.info = connector.account_info(state.account, creds)
+            except (NeedsReauth, AccountClosed):
+                raise
+            except ApiError as exc:
+                if not known:
+                    raise
+                consequence = "synced with the currency and time zone already stored"
+                work.warnings.append(side_step_warning("reading the account's metadata and state", exc, consequence))
+            else:
+                work.warnings.extend(work.info.warnings)
+                state = _with_info(state, work.info)
         work.window = window_for(state, self.settings, force_full=force_full, now=now)
         work.fetched = connector.fetch(state.account, work.window, creds)
+        work.warnings.extend(work.fetched.warnings)
 
-    def _prepare(self, credential_id: int, connector: Connector, creds: Credentials) -> None:
-        """Fill ``creds`` from the credential, refreshed or renewed when due, once for all its integrations.
+    def _prepare(self, state: IntegrationState, connector: Connector, creds: Credentials) -> list[str]:
+        """Fill ``creds`` from the credential, refreshed or renewed when due, once for all its integrations;
+        returns the warnings of side steps that failed (a renewal, debug_token) without stopping the sync.
 
         Under the credential's lock the row is read again: another thread may have refreshed it a
-        moment ago. A refresh or renewal is saved at once, so the threads that wait find it.
+        moment ago. A refresh or renewal is saved at once, so the threads that wait find it. A side
+        step that failed is not tried again in the same run (its warning goes on every integration).
 
         Raises:
             NeedsReauth: the platform refused the credential (now, or earlier in this run).
         """
+        credential_id = state.credential_id
         with self._lock_for(credential_id):
             refused = self._refused.get(credential_id)
             if refused is not None:
@@ -468,15 +498,23 @@ class Syncer:
             creds.cached_access_token = self.box.decrypt(stored.cached_access_token_enc)
             creds.token_expires_at = stored.token_expires_at
             creds.cached_access_token_expires_at = stored.cached_access_token_expires_at
+            creds.data_access_expires_at = stored.data_access_expires_at
+            creds.token_checked_at = stored.token_checked_at
             register_secret(*creds.secrets())
+            earlier = self._side_warnings.get(credential_id)
+            if earlier is not None:
+                return list(earlier)
             try:
-                connector.prepare(creds)
+                warnings = list(connector.prepare(state.account, creds))
             except NeedsReauth as exc:
                 self._refused[credential_id] = str(exc)
                 raise
             if creds.changed:
                 with write_transaction(self.db) as conn:
                     store.save_tokens(conn, self.box, credential_id, creds)
+            if warnings:
+                self._side_warnings[credential_id] = tuple(warnings)
+            return warnings
 
     def _lock_for(self, credential_id: int) -> threading.Lock:
         with self._locks_guard:
@@ -486,10 +524,13 @@ class Syncer:
         """One write transaction: what the connector learnt, the window, the attempt, the status. Returns rows written."""
         assert work.window is not None and work.fetched is not None
         currency = work.info.currency if work.info else state.currency
+        link_ratios = state.platform == "meta" and self.settings.meta_clicks == "link"
         with write_transaction(self.db) as conn:
             work.claim.fence(conn)
             self._remember(conn, state, work)
-            rows = campaign_rows.replace_window(conn, state.id, work.window, work.fetched.rows, currency, started)
+            written = campaign_rows.replace_window(conn, state.id, work.window, work.fetched, currency, started, link_ratios=link_ratios)
+            rows = written.rows
+            warnings = [*work.warnings, *written.warnings]
             finished = self.clock.now()
             runs.record_attempt(
                 conn,
@@ -503,7 +544,8 @@ class Syncer:
                 api_requests=requests,
                 error=None,
             )
-            store.mark_success(conn, state.id, started_at=started, finished_at=finished, full=work.window.full)
+            store.mark_success(conn, state.id, started_at=started, finished_at=finished, full=work.window.full, warning=_joined(warnings))
+        work.warnings = warnings
         return rows
 
     def _save_failure(
@@ -531,7 +573,17 @@ class Syncer:
                 api_requests=requests,
                 error=error,
             )
-            store.mark_failure(conn, state.id, finished_at=finished, status=result.status, error=error, retry_at=result.retry_at)
+            closed = result.retry_at if result.status == "error" else None  # an account closed upstream: back off a day
+            store.mark_failure(
+                conn,
+                state.id,
+                finished_at=finished,
+                status=result.status,
+                error=error,
+                retry_at=result.retry_at if result.status == "rate_limited" else None,
+                next_attempt_at=closed,
+                warning=_joined(work.warnings),
+            )
 
     def _remember(self, conn, state: IntegrationState, work: _Fetch) -> None:
         """Persist a token refreshed during the fetch (a Google 401) and first-sync account metadata, inside the caller's transaction."""
@@ -565,6 +617,10 @@ class Syncer:
                 result.duration_s,
                 extra=fields,
             )
+            if result.warnings:
+                log.warning(
+                    "%s for %s (%s) synced with a warning: %s", result.platform, result.email, result.label, _joined(result.warnings)
+                )
         else:
             log.error(
                 "Failed to sync %s for %s (%s): %s: %s",
@@ -587,3 +643,9 @@ def _fresh_reason(last_started: datetime | None) -> str:
 
 def _with_info(state: IntegrationState, info: AccountInfo) -> IntegrationState:
     return replace(state, currency=info.currency, time_zone=info.time_zone)
+
+
+def _joined(warnings: list[str]) -> str | None:
+    """One ``last_warning`` from a sync's warnings (each redacted), None when there were none."""
+    unique = list(dict.fromkeys(redact(w) for w in warnings if w))
+    return "; ".join(unique) if unique else None

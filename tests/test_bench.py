@@ -26,9 +26,15 @@ def test_full_run_reports_every_figure():
     report = _bench("--scenario", "small", "--integrations", "6")
     assert KEYS <= set(report)
     assert (report["succeeded"], report["failed"]) == (6, 0)
-    # first sync: Meta account + insights pages (20 campaigns x 30 days ~ 530 rows: 2 pages of 500) per account;
-    # Google token + customer query + metrics query per customer
-    assert report["requests_by_kind"] == {"meta.account": 3, "meta.insights": 6, "google.token": 3, "google.search_stream": 6}
+    # first sync: Meta account + insights pages (20 campaigns x 30 days ~ 530 rows: 2 pages of 500) + the daily
+    # debug_token per account; Google token + customer query + metrics query per customer
+    assert report["requests_by_kind"] == {
+        "meta.account": 3,
+        "meta.insights": 6,
+        "meta.debug_token": 3,
+        "google.token": 3,
+        "google.search_stream": 6,
+    }
     assert report["rows"] > 1000 and report["write_bound_s"] > 0 and report["peak_rss_mb"] > 20
 
 

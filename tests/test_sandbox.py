@@ -615,3 +615,60 @@ def test_meta_debug_token_types_scopes_and_an_invalid_token():
         assert debug(exchanged["access_token"])["scopes"] == ["ads_read", "business_management"], "the long-lived token keeps the scopes"
         self_inspected = requests.get(f"{sb.url}/{V}/debug_token", params={"input_token": "EAAdead", "access_token": "EAAdead"}, timeout=5)
         assert self_inspected.json()["error"]["code"] == 190
+
+
+# ---------------------------------------------------------------- issue 14: what the real APIs do beyond their docs
+
+
+def test_meta_filtering_on_campaign_status_shows_deleted_campaigns_and_refuses_invalid_values():
+    from emsync.sandbox.data import campaign_ids
+
+    gone = campaign_ids("meta", "5", 3)[1][0]
+    with Sandbox({"meta_accounts": {"5": {"campaigns": 3, "campaign_states": {gone: "DELETED"}}}}) as sb:
+        default = {r["campaign_id"] for r in _insights(sb, account="5").json()["data"]}
+        every = json.dumps([{"field": "campaign.effective_status", "operator": "IN", "value": ["ACTIVE", "PAUSED", "DELETED"]}])
+        asked = {r["campaign_id"] for r in _insights(sb, account="5", filtering=every).json()["data"]}
+        assert gone not in default and gone in asked
+        invalid = json.dumps([{"field": "campaign.effective_status", "operator": "IN", "value": ["ACTIVE", "PENDING_REVIEW"]}])
+        error = _insights(sb, account="5", filtering=invalid).json()["error"]
+        assert (error["code"], error["error_subcode"]) == (100, 1487561)
+
+
+def test_meta_attribution_changes_the_purchases_of_an_account_whose_ad_sets_use_another_setting():
+    with Sandbox({"meta_accounts": {"5": {"ad_set_attribution": "1d_click", "campaigns": 10}}}) as sb:
+
+        def purchases(**params):
+            rows = _insights(sb, account="5", **params).json()["data"]
+            return {
+                (r["campaign_id"], r["date_start"]): a for r in rows for a in r.get("actions", []) if a["action_type"] == "omni_purchase"
+            }
+
+        unified, default = purchases(use_unified_attribution_setting="true"), purchases()
+        windows = purchases(action_attribution_windows='["7d_click","1d_view"]')
+        assert unified and any(unified[k]["value"] != default[k]["value"] for k in unified)
+        assert all(set(a) >= {"7d_click", "1d_view"} for a in windows.values())
+
+
+def test_raw_and_app_endpoint_faults_reach_the_client():
+    scenario = {
+        "google_customers": {"1111111111": {"faults": [{"kind": "raw", "status": 404, "text": "Not Found", "content_type": "text/plain"}]}},
+        "endpoint_faults": {
+            "meta.token_exchange": [{"kind": "server_error", "times": 1}],
+            "google.token": [{"kind": "raw", "status": 401, "times": 1}],
+        },
+    }
+    with Sandbox(scenario) as sb:
+        token = requests.post(f"{sb.url}/token", data={"grant_type": "refresh_token"}, timeout=5)
+        assert token.status_code == 401 and token.text.startswith("<html>")
+        response = _stream(sb, customer="1111111111")
+        assert (response.status_code, response.text, response.headers["Content-Type"]) == (404, "Not Found", "text/plain")
+        exchange = requests.get(f"{sb.url}/{V}/oauth/access_token", params={"grant_type": "fb_exchange_token"}, timeout=5)
+        assert exchange.status_code == 500 and exchange.json()["error"]["code"] == 2
+
+
+def test_meta_account_status_and_legacy_throttle_header():
+    with Sandbox({"meta_accounts": {"5": {"account_status": 101, "faults": [{"kind": "legacy_throttle", "pct": 97}]}}}) as sb:
+        account = requests.get(f"{sb.url}/{V}/act_5", params={"fields": "account_status", "access_token": "t0ken"}, timeout=5)
+        assert account.json()["account_status"] == 101
+        throttle = json.loads(_insights(sb, account="5").headers["x-fb-ads-insights-throttle"])
+        assert throttle["app_id_util_pct"] == 97

@@ -45,7 +45,8 @@ def test_first_sync_is_full_then_recent_window_then_full_again_when_due(cli, eng
         attempts = conn.execute(
             text("SELECT integration_id, full_window, window_start, window_end, rows, api_requests, status FROM sync_attempts ORDER BY id")
         ).all()
-    assert len(attempts) == 10 and attempts[0].status == "ok" and attempts[0].rows > 0 and attempts[0].api_requests == 2
+    # a first sync: Meta account + insights + the daily debug_token; Google token + customer + metrics
+    assert len(attempts) == 10 and attempts[0].status == "ok" and attempts[0].rows > 0 and attempts[0].api_requests == 3
 
 
 def test_window_replace_updates_changed_and_deletes_vanished_rows(cli, engine, make_sandbox):

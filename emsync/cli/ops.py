@@ -14,7 +14,9 @@ from .app import JsonOpt, app, console, print_json, state
 def status(
     typer_ctx: typer.Context,
     json_out: JsonOpt = False,
-    check: Annotated[bool, typer.Option("--check", help="Exit 1 with a one-line reason when something needs attention.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 with a one-line reason when something fails; WARNING lines (exit 0) for the rest.")
+    ] = False,
     show_all: Annotated[bool, typer.Option("--all", help="List every integration even above 200 (the default is a summary).")] = False,
 ) -> None:
     """What was synced when, what failed and why, token expiry, recent runs.
@@ -30,10 +32,14 @@ def status(
         report = build_status(conn, ctx.settings)
     if check:
         problems = check_problems(report, ctx.settings)
-        if problems:
-            print(f"CRITICAL: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+        critical = [p.text for p in problems if p.level == "critical"]
+        if critical:
+            print(f"CRITICAL: {critical[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
             raise typer.Exit(1)
-        print(f"OK: {len(report['integrations'])} integrations healthy")
+        for problem in problems:
+            print(f"WARNING: {problem.text}")
+        if not problems:
+            print(f"OK: {len(report['integrations'])} integrations healthy")
         return
     if json_out:
         print_json(report)

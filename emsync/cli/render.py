@@ -133,14 +133,18 @@ def _print_integrations(console: Console, title: str, integrations: list[dict]) 
         "last success",
         "rows in window",
         "token expires",
-        "rate limited until",
+        "next attempt",
         "last error",
     ):
         table.add_column(col, overflow="fold")
     for i in integrations:
         expires = i["token_expires_at"]
         expiry = "—" if expires is None else (f"[bold red]{expires:%Y-%m-%d}[/]" if i["token_expires_soon"] else f"{expires:%Y-%m-%d}")
-        limited = i["rate_limited_until"].strftime("%Y-%m-%d %H:%M") if i["rate_limited_until"] and i["status"] == "rate_limited" else "—"
+        limited = "—"
+        if i["rate_limited_until"] and i["status"] == "rate_limited":
+            limited = i["rate_limited_until"].strftime("%Y-%m-%d %H:%M")
+        elif i.get("next_attempt_at") and i["status"] == "error":
+            limited = i["next_attempt_at"].strftime("%Y-%m-%d %H:%M") + " (daily)"
         status = _status(i["status"]) if i["is_active"] else "[dim]disabled[/]"
         table.add_row(
             str(i["id"]),
@@ -200,6 +204,8 @@ class SyncProgress:
         label = result.label
         if result.status == "ok":
             line = f"[green]✓[/] {result.platform} {result.email} {label}: {result.rows} rows, {result.api_requests} requests, {result.duration_s:.1f}s"
+            if result.warnings:
+                line += f" [yellow]warning: {_one_line('; '.join(result.warnings), 100)}[/]"
         elif result.status == "skipped":
             line = f"[dim]- {result.platform} {result.email} {label}: skipped ({result.error})[/]"
         else:

@@ -8,24 +8,28 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import NoReturn
 
-from ..domain import Account, AccountInfo, Credentials, Fetched, InsightRow, SyncWindow
-from ..errors import ApiError, FatalApiError, NeedsReauth, RateLimited, RetryableError
-from ..http import parse_json
+from ..domain import Account, AccountInfo, Credentials, Fetched, InsightRow, SyncWindow, account_label
+from ..errors import AccountClosed, ApiError, FatalApiError, NeedsReauth, RetryableError
+from ..http import Service, read_body
 from ..numbers import api_decimal, api_int
 from ..redaction import register_secret
-from .base import HttpConnector, issued_token
+from .base import CLOSED_ACCOUNT_RETRY, HttpConnector, issued_token, refuse_unasked_rows, side_step_warning
 
 log = logging.getLogger("emsync")
 
 REFRESH_MARGIN = timedelta(minutes=5)
 UNKNOWN_QUOTA_DELAY = timedelta(hours=1)
 METRICS_QUERY = (
-    "SELECT campaign.id, campaign.name, segments.date, metrics.cost_micros, metrics.impressions, "
+    "SELECT campaign.id, campaign.name, campaign.status, segments.date, metrics.cost_micros, metrics.impressions, "
     "metrics.clicks, metrics.conversions, metrics.conversions_value FROM campaign "
     "WHERE segments.date BETWEEN '{since}' AND '{until}'"
 )
 CUSTOMER_QUERY = "SELECT customer.currency_code, customer.time_zone, customer.descriptive_name FROM customer"
 MICROS = Decimal(1_000_000)
+ADS = Service("Google Ads", "GOOGLE_ADS_API_URL and GOOGLE_ADS_API_VERSION")
+TOKEN_ENDPOINT = Service("Google's token endpoint", "GOOGLE_OAUTH_TOKEN_URL")
+# The signed-in user (or the login-customer-id's manager) may not reach this customer.
+MANAGER_CODES = {"USER_PERMISSION_DENIED", "INVALID_LOGIN_CUSTOMER_ID_SERVING_CUSTOMER_ID_COMBINATION"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 
@@ -34,8 +38,16 @@ class _Unauthenticated(ApiError):
 
 
 def parse_rows(batches) -> list[InsightRow]:
-    """Rows from a searchStream body: an array of batches, each maybe without ``results``; zeros omitted."""
+    """Rows from a searchStream body: an array of batches, each maybe without ``results``; zeros omitted.
+
+    Google's clicks are link clicks (clicks on the ad that lead to its destination), so ``link_clicks`` = ``clicks``.
+    """
+    return _parse(batches)[0]
+
+
+def _parse(batches) -> tuple[list[InsightRow], dict[str, str]]:
     rows = []
+    statuses: dict[str, str] = {}
     for batch in batches:
         results = batch.get("results") or []
         if not isinstance(results, list):
@@ -48,6 +60,7 @@ def parse_rows(batches) -> list[InsightRow]:
                 metrics.get  # noqa: B018 - must be an object
             except (AttributeError, KeyError, ValueError, TypeError):
                 raise FatalApiError("Google Ads returned a row without campaign.id or segments.date") from None
+            clicks = api_int(metrics.get("clicks"), "Google Ads", "click count")
             rows.append(
                 InsightRow(
                     campaign_id=campaign_id,
@@ -55,12 +68,15 @@ def parse_rows(batches) -> list[InsightRow]:
                     campaign_name=campaign.get("name"),
                     spend=api_decimal(metrics.get("costMicros"), "Google Ads", "cost") / MICROS,
                     impressions=api_int(metrics.get("impressions"), "Google Ads", "impression count"),
-                    clicks=api_int(metrics.get("clicks"), "Google Ads", "click count"),
+                    clicks=clicks,
                     conversions=api_decimal(metrics.get("conversions"), "Google Ads", "conversion count"),
                     revenue=api_decimal(metrics.get("conversionsValue"), "Google Ads", "conversion value"),
+                    link_clicks=clicks,
                 )
             )
-    return rows
+            if isinstance(campaign.get("status"), str):
+                statuses[campaign_id] = campaign["status"]
+    return rows, statuses
 
 
 def _retry_delay(error: dict) -> float | None:
@@ -89,20 +105,42 @@ def _codes(failures: list[dict]) -> set[str]:
     return {str(v) for f in failures for v in (f.get("errorCode") or {}).values()}
 
 
+def _stream_error(body) -> dict | None:
+    """The error object of a searchStream answer: the body's own, or one inside the array of batches."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body["error"]
+    if isinstance(body, list):
+        return next((b["error"] for b in body if isinstance(b, dict) and isinstance(b.get("error"), dict)), None)
+    return None
+
+
 class GoogleConnector(HttpConnector):
     platform = "google"
 
     # ---------------------------------------------------------------- OAuth
 
-    def prepare(self, creds: Credentials) -> None:
-        """Make sure a cached access token valid for at least five more minutes is at hand."""
+    def prepare(self, account: Account, creds: Credentials) -> tuple[str, ...]:
+        """Make sure a cached access token valid for at least five more minutes is at hand.
+
+        A refresh that fails while the cached token is still valid is a warning: the sync goes on with it.
+        """
         register_secret(creds.refresh_token, creds.cached_access_token)
         expires = creds.cached_access_token_expires_at
-        if creds.cached_access_token and expires and expires - self.clock.now() > REFRESH_MARGIN:
-            return
-        self._refresh(creds)
+        now = self.clock.now()
+        if creds.cached_access_token and expires and expires - now > REFRESH_MARGIN:
+            return ()
+        try:
+            self._refresh(account, creds)
+        except NeedsReauth:
+            raise
+        except ApiError as exc:
+            if not (creds.cached_access_token and expires and expires > now):
+                raise
+            what = "refreshing the Google access token"
+            return (side_step_warning(what, exc, f"synced with the cached one, valid until {expires:%H:%M} UTC"),)
+        return ()
 
-    def _refresh(self, creds: Credentials) -> None:
+    def _refresh(self, account: Account, creds: Credentials) -> None:
         s = self.settings
         if not (s.google_oauth_client_id and s.google_oauth_client_secret):
             raise FatalApiError("GOOGLE_OAUTH_CLIENT_ID and GOOGLE_OAUTH_CLIENT_SECRET must be set to sync Google integrations")
@@ -115,66 +153,88 @@ class GoogleConnector(HttpConnector):
                 "client_secret": s.google_oauth_client_secret,
                 "refresh_token": creds.refresh_token,
             },
-            classify=self._classify_token,
+            classify=lambda r: self._classify_token(r, account),
         )
         creds.cached_access_token, expires = issued_token(body, "Google's token endpoint", self.clock.now())
         creds.cached_access_token_expires_at = expires or self.clock.now() + timedelta(seconds=3599)
         creds.changed = True
 
-    def _classify_token(self, response) -> dict:
-        if response.status_code >= 500 or response.status_code == 429:
-            raise RetryableError(f"Google's token endpoint answered HTTP {response.status_code}")
-        body = parse_json(response)
-        if response.status_code == 200 and isinstance(body, dict):
+    def _classify_token(self, response, account: Account | None = None) -> dict:
+        """Status first: 401 is the OAuth client's authentication (RFC 6749 section 5.2), whatever the body."""
+        body = read_body(response, TOKEN_ENDPOINT)
+        status = response.status_code
+        fields = body if isinstance(body, dict) else {}
+        error = fields.get("error") if isinstance(fields.get("error"), str) else None
+        described = str(fields.get("error_description") or "").strip()
+        detail = ": ".join(p for p in (error, described) if p)
+        client = "check GOOGLE_OAUTH_CLIENT_ID and GOOGLE_OAUTH_CLIENT_SECRET (reconnecting the account does not help)"
+        if status == 401 or error in ("invalid_client", "unauthorized_client"):
+            raise FatalApiError(f"Google OAuth rejected the client (HTTP {status}{', ' + detail if detail else ''}): {client}")
+        if 200 <= status < 300 and isinstance(body, dict):
             return body
-        error = body.get("error") if isinstance(body, dict) else None
-        described = body.get("error_description", "") if isinstance(body, dict) else ""
         if error == "invalid_grant":
+            command = (account or Account("google", "?")).update_command
             raise NeedsReauth(
                 f"Google refused the refresh token (invalid_grant: {described or 'expired or revoked'}). "
-                "Reconnect the account and run 'emsync integrations update ID --refresh-token NEW_TOKEN'. "
+                f"Reconnect the account and run '{command} --refresh-token NEW_TOKEN'. "
                 "If the OAuth app is in 'Testing' status, its refresh tokens expire after 7 days: publish it to 'In production'."
             )
-        if error in ("invalid_client", "unauthorized_client"):
-            raise FatalApiError(f"Google OAuth rejected the client ({error}): check GOOGLE_OAUTH_CLIENT_ID and GOOGLE_OAUTH_CLIENT_SECRET")
-        raise FatalApiError(f"Google's token endpoint answered HTTP {response.status_code}: {error or 'no error code'} {described}".strip())
+        if error is None or status == 429 or status >= 500:
+            raise self.api.undescribed(response, TOKEN_ENDPOINT)
+        raise FatalApiError(f"Google's token endpoint answered HTTP {status}: {detail}")
 
     # ---------------------------------------------------------------- searchStream
 
     def _classify(self, response, account: Account) -> list:
-        body = parse_json(response)
-        if response.status_code == 200:
+        body = read_body(response, ADS)
+        error = _stream_error(body)
+        if 200 <= response.status_code < 300:
+            if error is not None:
+                self._raise(error, 500, account)  # an error inside a stream that had started
             batches = body if isinstance(body, list) else [body]
-            for batch in batches:
-                if isinstance(batch, dict) and "error" in batch:
-                    self._raise(batch["error"], 500, account)
             if not all(isinstance(b, dict) for b in batches):
                 raise FatalApiError("Google Ads returned a searchStream body emsync cannot read")
             return batches
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(body, list):
-            error = next((b.get("error") for b in body if isinstance(b, dict) and "error" in b), None)
-        self._raise(error if isinstance(error, dict) else {}, response.status_code, account)
+        if error is None:
+            refused = _Unauthenticated(f"Google Ads answered HTTP {response.status_code}: the access token was not accepted")
+            raise self.api.undescribed(response, ADS, unauthorized=refused)
+        self._raise(error, response.status_code, account, retry_after=self.api.retry_after(response))
 
-    def _raise(self, error: dict, http_status: int, account: Account) -> NoReturn:
+    def _raise(self, error: dict, http_status: int, account: Account, *, retry_after: float | None = None) -> NoReturn:
         failures, request_id = _failures(error)
         codes = _codes(failures)
         status = error.get("status", "")
         message = (failures[0].get("message") if failures else None) or error.get("message") or f"HTTP {http_status}"
-        label = f"Google Ads {status or http_status}" + (f" {', '.join(sorted(codes))}" if codes else "") + f": {message}"
+        head = f"Google Ads {status or http_status}" + (f" {', '.join(sorted(codes))}" if codes else "")
+        label = f"{head}: {message}"
         code = error.get("code", http_status)
         if code == 401 or status == "UNAUTHENTICATED":
             raise _Unauthenticated(label, request_id=request_id)
         if code == 429 or status == "RESOURCE_EXHAUSTED":
-            delay = _retry_delay(error)
-            if "RESOURCE_TEMPORARILY_EXHAUSTED" in codes and (delay is None or delay <= self.api.max_wait):
-                raise RetryableError(label, wait=delay, rate_limit=True, request_id=request_id)
-            until = self.clock.now() + (timedelta(seconds=delay) if delay else UNKNOWN_QUOTA_DELAY)
-            raise RateLimited(label, retry_at=until, request_id=request_id)
+            # What the server asks decides, not the error's name: a short retryDelay is waited for either way.
+            delay = _retry_delay(error) or retry_after
+            daily = "RESOURCE_EXHAUSTED" in codes and "RESOURCE_TEMPORARILY_EXHAUSTED" not in codes
+            raise self.api.rate_limited(label, delay, request_id=request_id, unknown=UNKNOWN_QUOTA_DELAY if daily else None)
         if code in (500, 502, 503, 504) or status in ("INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
             raise RetryableError(label, request_id=request_id)
-        if "USER_PERMISSION_DENIED" in codes and not account.login_customer_id:
-            label += " — if this customer is managed through a manager account, set it with 'emsync integrations update ID --login-customer-id MANAGER_ID'"
+        if "CUSTOMER_NOT_ENABLED" in codes:
+            raise AccountClosed(
+                f"{head}: the Google Ads account {account.label} is not enabled or has been deactivated at Google: emsync tries it "
+                f"once a day instead of every run; re-enable it in Google Ads, or stop syncing it with "
+                f"'emsync integrations disable {account.integration_id}'",
+                retry_at=self.clock.now() + CLOSED_ACCOUNT_RETRY,
+                request_id=request_id,
+            )
+        if codes & MANAGER_CODES:
+            fix = f"'{account.update_command} --login-customer-id MANAGER_ID'"
+            if account.login_customer_id:
+                manager = account_label("google", account.login_customer_id)
+                label = (
+                    f"{head}: the configured manager account {manager} (login-customer-id) does not manage {account.label}, or the "
+                    f"signed-in user cannot use it: set the manager that does with {fix}, or give the user access to {account.label}"
+                )
+            else:
+                label += f" — if this customer is managed through a manager account, set it with {fix}"
         raise FatalApiError(label, request_id=request_id)
 
     def _search(self, account: Account, query: str, creds: Credentials) -> list:
@@ -195,11 +255,15 @@ class GoogleConnector(HttpConnector):
             return send()
         except _Unauthenticated:
             log.info("customer %s: access token refused; refreshing once", account.account_id)
-            self._refresh(creds)
+            self._refresh(account, creds)
             try:
                 return send()
             except _Unauthenticated as exc:
-                raise NeedsReauth(f"{exc} (even after refreshing the access token)", request_id=exc.request_id) from None
+                raise NeedsReauth(
+                    f"{exc} (even after refreshing the access token): reconnect the account and run "
+                    f"'{account.update_command} --refresh-token NEW_TOKEN'",
+                    request_id=exc.request_id,
+                ) from None
 
     def account_info(self, account: Account, creds: Credentials) -> AccountInfo:
         for batch in self._search(account, CUSTOMER_QUERY, creds):
@@ -210,4 +274,6 @@ class GoogleConnector(HttpConnector):
 
     def fetch(self, account: Account, window: SyncWindow, creds: Credentials) -> Fetched:
         query = METRICS_QUERY.format(since=window.since.isoformat(), until=window.until.isoformat())
-        return Fetched(parse_rows(self._search(account, query, creds)))
+        rows, statuses = _parse(self._search(account, query, creds))
+        refuse_unasked_rows(rows, window, "Google Ads")
+        return Fetched(rows, statuses=statuses)

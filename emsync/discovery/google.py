@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..errors import FatalApiError, NeedsReauth, RateLimited, RetryableError, UserError
-from ..http import HttpClient, parse_json, redact, register_secret
+from ..http import HttpClient, Service, read_body, redact, register_secret
 
 CUSTOMER_CLIENT_QUERY = (
     "SELECT customer_client.id, customer_client.descriptive_name, customer_client.manager, customer_client.level, "
@@ -178,8 +178,15 @@ def discover_google(http: HttpClient, api: GoogleAdsApi) -> GoogleDiscovery:
     return GoogleDiscovery(accessible=tuple(accessible), customers=tuple(ordered), operations=operations)
 
 
+ADS_SERVICE = Service("Google Ads", "GOOGLE_ADS_API_URL and GOOGLE_ADS_API_VERSION")
+
+
 def _classify_google(response, max_wait: float) -> Any:
-    body = parse_json(response)
+    body = read_body(response, ADS_SERVICE)
+    if body is None:  # not JSON: the status decides (an HTML error page from a proxy, a 502)
+        if response.status_code == 429 or response.status_code >= 500:
+            raise RetryableError(f"Google Ads answered HTTP {response.status_code}")
+        raise FatalApiError(f"Google Ads answered HTTP {response.status_code} without an error description")
     if response.status_code == 200:
         for batch in body if isinstance(body, list) else []:
             if isinstance(batch, dict) and "error" in batch:  # searchStream can fail inside a 200 array

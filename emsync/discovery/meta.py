@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from ..errors import FatalApiError, NeedsReauth, RetryableError, UserError
-from ..http import HttpClient, parse_json, redact, register_secret
+from ..http import HttpClient, Service, read_body, redact, register_secret
 
+GRAPH_SERVICE = Service("Meta", "META_GRAPH_URL and META_API_VERSION")
 AD_ACCOUNT_FIELDS = "id,account_id,name,account_status,currency,timezone_name"
 ADS_SCOPES = ("ads_read", "ads_management")
 ACCOUNT_STATUS = {
@@ -252,7 +253,11 @@ def _pages(http: HttpClient, graph: GraphApi, edge: str, fields: str) -> Iterato
 def _classify_meta(response) -> dict:
     if response.status_code == 429:
         raise RetryableError("Meta answered HTTP 429", rate_limit=True)
-    body = parse_json(response)
+    body = read_body(response, GRAPH_SERVICE)
+    if body is None:  # not JSON: the status decides
+        if response.status_code >= 500:
+            raise RetryableError(f"Meta answered HTTP {response.status_code}")
+        raise FatalApiError(f"Meta answered HTTP {response.status_code} without an error description")
     error = body.get("error") if isinstance(body, dict) else None
     if response.status_code == 200 and not error:
         return body

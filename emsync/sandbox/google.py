@@ -365,6 +365,9 @@ def _answer(sb: Sandbox, version: str, customer: str, account: dict, query: str)
         "descriptiveName": account["name"],
     }
     rows = [_row(customer, s, account) for s in stats]
+    if rows and sb.take_fault("google", customer, "search_stream", ("row_outside_window",)):
+        early = {**rows[0], "segments": {"date": (span[0] - timedelta(days=5)).isoformat()}}
+        rows.append(early)
     if customer_fields:  # selected customer fields come back on every row, as the API does
         extra = {"resourceName": f"customers/{customer}", **{k: v for k, v in customer_values.items() if k in customer_fields}}
         for row in rows:
@@ -389,8 +392,8 @@ def _row(customer: str, s, account: dict) -> dict:
         "campaign": {
             "resourceName": f"customers/{customer}/campaigns/{s.campaign_id}",
             "id": s.campaign_id,
-            "name": s.campaign_name,
-            "status": "ENABLED",
+            "name": (account.get("campaign_names") or {}).get(s.campaign_id, s.campaign_name),
+            "status": (account.get("campaign_statuses") or {}).get(s.campaign_id, "ENABLED"),
         },
         "metrics": {k: v for k, v in metrics.items() if v is not None},  # proto3 JSON omits zeros
         "segments": {"date": s.day.isoformat()},

@@ -43,7 +43,7 @@ import re
 import time
 from urllib.parse import quote, unquote_plus, urlencode
 
-from .server import DEFAULT_GOOGLE_USER, Request, Response, Sandbox, new_id
+from .server import DEFAULT_GOOGLE_USER, Request, Response, Sandbox, new_id, raw_response
 
 AUTH_PATH = "/o/oauth2/v2/auth"
 ADS_SCOPE = "https://www.googleapis.com/auth/adwords"
@@ -170,6 +170,9 @@ def _client(req: Request) -> tuple[str | None, str | None]:
 
 
 def token(sb: Sandbox, req: Request) -> tuple[str, str | None, Response]:
+    fault = sb.take_endpoint_fault("google.token", ("server_error", "raw"))
+    if fault is not None:  # e.g. a 401 HTML page from a proxy, a 503
+        return "google.token", None, raw_response(fault) if fault["kind"] == "raw" else Response(503, {"error": "backend_error"})
     return "google.token", None, _token(sb, req)
 
 

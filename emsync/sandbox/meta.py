@@ -11,12 +11,15 @@ import hmac
 import json
 import re
 import time
-from datetime import date
+from datetime import date, timedelta
 from urllib.parse import urlencode
 
 from .data import day_stats
 from .meta_discovery import token_invalid
-from .server import Request, Response, Sandbox, apply_common_faults, new_id
+from .meta_query import action as _action
+from .meta_query import attributed as _attributed
+from .meta_query import attribution_asked as _attribution_asked
+from .server import Request, Response, Sandbox, apply_common_faults, new_id, raw_response
 
 VERSION = re.compile(r"^/(v\d+(?:\.\d+)?)/(.+)$")
 INSIGHT_FIELDS = {
@@ -25,6 +28,7 @@ INSIGHT_FIELDS = {
     "spend",
     "impressions",
     "clicks",
+    "inline_link_clicks",
     "actions",
     "action_values",
     "account_currency",
@@ -38,6 +42,8 @@ INSIGHT_FIELDS = {
     "frequency",
 }
 PURCHASE_TYPES = ("omni_purchase", "purchase", "offsite_conversion.fb_pixel_purchase")
+# What campaign.effective_status accepts in `filtering`; any other value fails the query (100/1487561).
+CAMPAIGN_STATUSES = {"ACTIVE", "PAUSED", "DELETED", "ARCHIVED", "IN_PROCESS", "WITH_ISSUES"}
 
 
 def error(
@@ -80,15 +86,15 @@ def route(sb: Sandbox, req: Request) -> tuple[str, str | None, Response]:
     from . import meta_discovery
 
     if req.path.rstrip("/") == "/debug_token":
-        return "meta.debug_token", None, meta_discovery.debug_token(sb, req)
+        return "meta.debug_token", None, _endpoint_fault(sb, "meta.debug_token") or meta_discovery.debug_token(sb, req)
     match = VERSION.match(req.path)
     if not match:
         return "meta.unknown", None, error(400, 2500, "Unknown path components: " + req.path[:60])
     rest = match.group(2).rstrip("/")
     if rest == "debug_token":
-        return "meta.debug_token", None, meta_discovery.debug_token(sb, req)
+        return "meta.debug_token", None, _endpoint_fault(sb, "meta.debug_token") or meta_discovery.debug_token(sb, req)
     if rest == "oauth/access_token":
-        return "meta.token_exchange", None, exchange(sb, req)
+        return "meta.token_exchange", None, _endpoint_fault(sb, "meta.token_exchange") or exchange(sb, req)
     discovered = meta_discovery.route(sb, req, rest)
     if discovered is not None:
         return discovered
@@ -108,7 +114,11 @@ def route(sb: Sandbox, req: Request) -> tuple[str, str | None, Response]:
                 run["account"],
                 _guarded(sb, req, run["account"], "report_insights", lambda acc: report_results(sb, req, run, acc)),
             )
-        return "meta.report_status", run["account"], _guarded(sb, req, run["account"], "report_status", lambda acc: report_status(run))
+        return (
+            "meta.report_status",
+            run["account"],
+            _guarded(sb, req, run["account"], "report_status", lambda acc: report_status(sb, req, run)),
+        )
     return (
         "meta.unknown",
         None,
@@ -121,6 +131,18 @@ def route(sb: Sandbox, req: Request) -> tuple[str, str | None, Response]:
             kind="GraphMethodException",
         ),
     )
+
+
+def _endpoint_fault(sb: Sandbox, endpoint: str) -> Response | None:
+    """Faults of the app-level endpoints (token exchange, debug_token): ``server_error``, ``rate_limit``, ``raw``."""
+    fault = sb.take_endpoint_fault(endpoint, ("server_error", "rate_limit", "raw"))
+    if fault is None:
+        return None
+    if fault["kind"] == "raw":
+        return raw_response(fault)
+    if fault["kind"] == "rate_limit":
+        return error(400, int(fault.get("code", 4)), "Application request limit reached")
+    return error(500, 2, "An unexpected error has occurred. Please retry your request later.", transient=True)
 
 
 def _guarded(sb: Sandbox, req: Request, account_id: str, endpoint: str, answer) -> Response:
@@ -159,11 +181,25 @@ def _guarded(sb: Sandbox, req: Request, account_id: str, endpoint: str, answer) 
         "meta",
         account_id,
         endpoint,
-        ("token_expired", "token_revoked", "rate_limit", "permission", "server_error", "page_error"),
+        ("token_expired", "token_revoked", "rate_limit", "permission", "server_error", "page_error", "version_deprecated", "report_lag"),
         page=page,
     )
     if fault is not None:
         kind = fault["kind"]
+        if kind == "version_deprecated":
+            wanted = fault.get("wanted", "v26.0")
+            return error(
+                400, 2635, f"(#2635) You are calling a deprecated version of the Ads API. Please update to the latest version: {wanted}."
+            )
+        if kind == "report_lag":
+            return error(
+                400,
+                100,
+                f"Unsupported get request. Object with ID '{req.path.split('/')[2]}' does not exist, cannot be loaded due to "
+                "missing permissions, or does not support this operation",
+                subcode=33,
+                kind="GraphMethodException",
+            )
         if kind == "token_expired":
             return error(400, 190, "Error validating access token: Session has expired on Sunday, 22-Nov-26 01:00:00 PST.", subcode=463)
         if kind == "token_revoked":
@@ -185,6 +221,10 @@ def _guarded(sb: Sandbox, req: Request, account_id: str, endpoint: str, answer) 
         high = sb.take_fault("meta", account_id, endpoint, ("usage_high",))
         pct = float(high.get("pct", 95)) if high else float(min(5 + calls, 60))
         response.headers.update(_usage_headers(account_id, pct))
+        legacy = sb.take_fault("meta", account_id, endpoint, ("legacy_throttle",))
+        if legacy:  # only the older header says the app is near its limit
+            throttle = {"app_id_util_pct": float(legacy.get("pct", 96)), "acc_id_util_pct": 5.0, "ads_api_access_tier": "standard_access"}
+            response.headers["x-fb-ads-insights-throttle"] = json.dumps(throttle)
     return response
 
 
@@ -236,11 +276,41 @@ def _range(params: dict) -> tuple[date, date] | Response:
     return since, until
 
 
+def _statuses_asked(params: dict) -> set[str] | Response:
+    """The campaign.effective_status values a query's ``filtering`` asks for (none: the default, which leaves out
+    deleted and archived campaigns); an invalid value is Meta's error 100/1487561."""
+    raw = params.get("filtering")
+    if not raw:
+        return set()
+    try:
+        rules = json.loads(raw)
+    except ValueError:
+        return error(400, 100, "(#100) param filtering must be an array.")
+    asked: set[str] = set()
+    for rule in rules if isinstance(rules, list) else []:
+        if isinstance(rule, dict) and rule.get("field") == "campaign.effective_status":
+            value = rule.get("value")
+            values: list = value if isinstance(value, list) else []
+            bad = [v for v in values if v not in CAMPAIGN_STATUSES]
+            if bad:
+                return error(
+                    400,
+                    100,
+                    f"(#100) Filtering field campaign.effective_status with operation in with value {bad[0]} not supported",
+                    subcode=1487561,
+                )
+            asked.update(values)
+    return asked
+
+
 def insights(sb: Sandbox, req: Request, account_id: str, account: dict) -> Response:
     params = req.params
     problem = _query_error(params)
     if problem:
         return problem
+    asked = _statuses_asked(params)
+    if isinstance(asked, Response):
+        return asked
     if req.method == "POST":
         return start_report(sb, req, account_id)
     span = _range(params)
@@ -260,12 +330,42 @@ def _page(sb: Sandbox, req: Request, account_id: str, account: dict, params: dic
     limit = _limit(params, sb)
     today = sb.today(account["timezone"])
     stats = day_stats(sb.scenario["seed"], "meta", account_id, int(account["campaigns"]), span[0], span[1], today=today, version=version)
+    asked = _statuses_asked(params)
+    hidden = {cid for cid, state in (account.get("campaign_states") or {}).items() if state in ("DELETED", "ARCHIVED")}
+    if hidden:  # left out of account-level insights unless the query asks for their status
+        states = account["campaign_states"]
+        stats = [s for s in stats if s.campaign_id not in hidden or (isinstance(asked, set) and states[s.campaign_id] in asked)]
     fields = [f for f in params.get("fields", "").split(",") if f] or ["spend", "impressions"]
-    rows = [_row(s, fields, account, account_id) for s in stats[offset : offset + limit]]
+    attribution = _attribution_asked(params)
+    page = stats[offset : offset + limit]
+    if not page and offset and stats and sb.take_fault("meta", account_id, "insights", ("endless_pages",)):
+        page = stats[-limit:]  # a buggy chain: the last rows again, under ever new cursors
+    rows = [_row(s, fields, account, account_id, attribution) for s in page]
+    if offset == 0 and sb.take_fault("meta", account_id, "insights", ("multi_day_row",)) and stats:
+        rows.append(
+            {
+                **_row(stats[0], fields, account, account_id, attribution),
+                "date_start": span[0].isoformat(),
+                "date_stop": span[1].isoformat(),
+            }
+        )
+    if offset == 0 and sb.take_fault("meta", account_id, "insights", ("row_outside_window",)) and stats:
+        early = (span[0] - timedelta(days=5)).isoformat()
+        rows.append({**_row(stats[0], fields, account, account_id, attribution), "date_start": early, "date_stop": early})
     body: dict = {"data": rows}
+    if not rows and offset and sb.take_fault("meta", account_id, "insights", ("empty_pages",)):
+        # a buggy chain: empty pages whose next link never goes away
+        query = {k: v for k, v in req.query.items() if k != "after"}
+        query["after"] = _encode(version, offset + limit)
+        body["paging"] = {
+            "cursors": {"before": _encode(version, offset), "after": query["after"]},
+            "next": f"{req.base_url}{req.path}?{urlencode(query)}",
+        }
     if rows:
         body["paging"] = {"cursors": {"before": _encode(version, offset), "after": _encode(version, offset + len(rows))}}
         more = offset + limit < len(stats)
+        if not more and sb.take_fault("meta", account_id, "insights", ("empty_pages", "endless_pages")):
+            more = True  # the last page with rows still links to a next one
         if sb.take_fault("meta", account_id, "insights", ("bad_cursor_loop",)):
             more, offset, limit = True, offset - limit, limit  # a buggy server repeating its cursor
         if more:
@@ -276,7 +376,7 @@ def _page(sb: Sandbox, req: Request, account_id: str, account: dict, params: dic
     return Response(200, body)
 
 
-def _row(s, fields: list[str], account: dict, account_id: str = "") -> dict:
+def _row(s, fields: list[str], account: dict, account_id: str = "", attribution: tuple[str, ...] | str = "default") -> dict:
     style = account.get("conversions", "standard")
     row: dict = {}
     if "account_id" in fields:
@@ -286,7 +386,7 @@ def _row(s, fields: list[str], account: dict, account_id: str = "") -> dict:
     if "campaign_id" in fields:
         row["campaign_id"] = s.campaign_id
     if "campaign_name" in fields:
-        row["campaign_name"] = s.campaign_name
+        row["campaign_name"] = (account.get("campaign_names") or {}).get(s.campaign_id, s.campaign_name)
     if "account_currency" in fields:
         row["account_currency"] = account["currency"]
     if "spend" in fields:
@@ -295,15 +395,19 @@ def _row(s, fields: list[str], account: dict, account_id: str = "") -> dict:
         row["impressions"] = str(s.impressions)
     if "clicks" in fields and s.clicks:
         row["clicks"] = str(s.clicks)
+    if "inline_link_clicks" in fields and s.clicks * 3 // 4:
+        row["inline_link_clicks"] = str(s.clicks * 3 // 4)  # link clicks: a part of all clicks
     actions, values = [], []
     if s.clicks:
         actions.append({"action_type": "link_click", "value": str(s.clicks)})
         actions.append({"action_type": "landing_page_view", "value": str(s.clicks * 4 // 5)})
     if s.purchases and style != "none":
         types = ("offsite_conversion.fb_pixel_purchase",) if style == "pixel_only" else PURCHASE_TYPES
+        counts = _attributed(s.purchases, account)
+        cents_each = s.purchase_value_cents / s.purchases
         for t in types:
-            actions.append({"action_type": t, "value": str(s.purchases)})
-            values.append({"action_type": t, "value": f"{s.purchase_value_cents / 100:.2f}"})
+            actions.append(_action(t, s.purchases, counts, attribution, str))
+            values.append(_action(t, s.purchases, counts, attribution, lambda n, each=cents_each: f"{n * each / 100:.2f}"))
     if "actions" in fields and actions:
         row["actions"] = actions
     if "action_values" in fields and values:
@@ -314,12 +418,8 @@ def _row(s, fields: list[str], account: dict, account_id: str = "") -> dict:
 
 def ad_account(req: Request, account_id: str, account: dict) -> Response:
     fields = [f for f in req.params.get("fields", "").split(",") if f]
-    full = {
-        "currency": account["currency"],
-        "timezone_name": account["timezone"],
-        "name": account["name"],
-        "account_status": int(account.get("account_status", 1)),
-    }
+    state = int(account.get("account_status", 1))  # 2 disabled, 101 closed, 3/7/8/9/100 other states
+    full = {"currency": account["currency"], "timezone_name": account["timezone"], "name": account["name"], "account_status": state}
     body = {k: v for k, v in full.items() if k in fields}
     body["id"] = f"act_{account_id}"
     return Response(200, body)
@@ -341,9 +441,25 @@ def start_report(sb: Sandbox, req: Request, account_id: str) -> Response:
     return Response(200, {"report_run_id": run_id})
 
 
-def report_status(run: dict) -> Response:
+def report_status(sb: Sandbox, req: Request, run: dict) -> Response:
     run["polls"] += 1
     done = run["polls"] > run["needed"]
+    if done and not run.get("judged"):
+        run["judged"] = True
+        run["failed"] = sb.take_fault("meta", run["account"], "report_status", ("report_failed",)) is not None
+    if run.get("failed"):
+        # v25.0+: the reason fields; a query naming its fields gets only those it names
+        asked = set(req.params.get("fields", "").split(","))
+        reason = {
+            "error_code": -2,
+            "error_subcode": 2490547,
+            "error_message": "Report Failed",
+            "error_user_title": "Report failed",
+            "error_user_msg": "The report could not be generated. Try again later.",
+        }
+        body = {"id": run["id"], "async_status": "Job Failed", "async_percent_completion": 0}
+        body.update({k: v for k, v in reason.items() if k in asked or not req.params.get("fields")})
+        return Response(200, body)
     return Response(
         200,
         {

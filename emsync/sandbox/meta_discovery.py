@@ -56,6 +56,14 @@ def _scopes(config: dict) -> list[str]:
     return list(config.get("scopes", DEFAULT_SCOPES))
 
 
+def _data_access_expires_at(sb: Sandbox, config: dict) -> int:
+    """The token's own setting, else the scenario's ``meta_data_access_days`` from now, else 90 days (Meta's span)."""
+    if "data_access_expires_at" in config:
+        return int(config["data_access_expires_at"])
+    days = sb.scenario.get("meta_data_access_days")
+    return int(time.time() + float(days if days is not None else 90) * 86400)
+
+
 def debug_token(sb: Sandbox, req: Request) -> Response:
     from .meta import error
 
@@ -80,7 +88,7 @@ def debug_token(sb: Sandbox, req: Request) -> Response:
         "app_id": sb.scenario["meta_app_id"],
         "type": config.get("type", "USER"),
         "application": "emsync sandbox",
-        "data_access_expires_at": int(config.get("data_access_expires_at", int(time.time()) + 90 * 86400)),
+        "data_access_expires_at": _data_access_expires_at(sb, config),
         "expires_at": expires,
         "is_valid": not token_invalid(sb, token),
         "scopes": _scopes(config),

@@ -10,12 +10,40 @@ Usage in tests, the demo and the benchmark::
 A fault is ``{"kind": ..., "times": N}`` (``times`` absent: every time) and
 applies to the account's metrics endpoint unless it names another
 ``endpoint``. Kinds common to both platforms: ``server_error``, ``slow``
-(``seconds``), ``truncated``, ``drop``. Meta: ``rate_limit`` (``code``,
+(``seconds``), ``truncated``, ``drop``, ``raw`` (``status``, ``text`` sent as
+is, ``content_type``, ``headers``: a plain "Not Found", an HTML 401 or 502
+page, a 429 with ``Retry-After``). Meta: ``rate_limit`` (``code``,
 ``eta_minutes``), ``page_error`` (``page``), ``token_expired``,
-``token_revoked``, ``permission``, ``reduce_data``, ``usage_high``,
-``bad_cursor_loop``. Google: ``rate_limit`` (``retry_seconds``),
-``quota_exhausted`` (``retry_seconds``), ``unauthenticated``,
-``permission_denied``, ``not_enabled``, ``error_in_stream``, ``bad_query``.
+``token_revoked``, ``permission`` (#200), ``reduce_data``, ``usage_high``,
+``legacy_throttle`` (``pct`` in ``x-fb-ads-insights-throttle`` only),
+``bad_cursor_loop``, ``empty_pages`` (the chain goes on with empty pages and
+a fresh ``next`` forever), ``endless_pages`` (the same: with the last rows again), ``multi_day_row`` (one row spanning the whole
+range), ``row_outside_window``, ``version_deprecated`` (#2635, ``wanted``),
+``report_lag`` (100/33 on a report run's ``report_status`` or
+``report_insights``, ``page``), ``report_failed`` (endpoint
+``report_status``: "Job Failed", with the ``error_*`` fields the poll names).
+Google: ``rate_limit`` (``retry_seconds``), ``quota_exhausted``
+(``retry_seconds``: short ones are per-second rates), ``unauthenticated``,
+``permission_denied``, ``not_enabled``, ``error_in_stream``, ``bad_query``,
+``row_outside_window``.
+
+Endpoints that belong to no account take faults from
+``scenario["endpoint_faults"][name]``: ``meta.token_exchange`` and
+``meta.debug_token`` (``server_error``, ``rate_limit``, ``raw``),
+``google.token`` (``server_error``, ``raw``).
+
+Account settings beyond currency and time zone: Meta ``account_status`` (2
+disabled, 101 closed, 3/7/8/9/100 other states), ``campaign_states``
+({campaign id: "DELETED"|"ARCHIVED"}: left out unless the query filters on
+``campaign.effective_status`` with that state; an invalid status value fails
+the query with 100/1487561), ``ad_set_attribution`` (e.g. "1d_click": each
+attribution window then counts purchases differently, and
+``use_unified_attribution_setting`` / ``action_attribution_windows`` change
+the numbers), ``campaign_names`` ({campaign id: name}, a rename); Google
+``campaign_names``, ``campaign_statuses`` ({campaign id: "PAUSED"}),
+``manager``. Scenario ``meta_data_access_days``: days until ``debug_token``'s
+``data_access_expires_at``. Meta rows carry ``inline_link_clicks`` (three
+quarters of all clicks).
 A Google fault on a ``FROM customer_client`` query must name
 ``"endpoint": "customer_client"``; the default endpoint is the metrics query.
 
@@ -118,6 +146,7 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     truncate: bool = False
     drop: bool = False
+    raw: str | None = None  # a body sent as is (an HTML error page, "Not Found"), not JSON
 
 
 class Sandbox:
@@ -238,12 +267,26 @@ class Sandbox:
                     continue
                 if any(fault.get(k) is not None and fault.get(k) != v for k, v in match.items()):
                     continue
-                key = (*owner, index)
-                used = self._fault_use.get(key, 0)
-                if fault.get("times") is not None and used >= fault["times"]:
-                    continue
-                self._fault_use[key] = used + 1
-                return fault
+                if self._use((*owner, index), fault):
+                    return fault
+        return None
+
+    def _use(self, key: tuple, fault: dict) -> bool:
+        """Consume one of the fault's ``times`` (the caller holds the lock); False when none is left."""
+        used = self._fault_use.get(key, 0)
+        if fault.get("times") is not None and used >= fault["times"]:
+            return False
+        self._fault_use[key] = used + 1
+        return True
+
+    def take_endpoint_fault(self, endpoint: str, kinds: tuple[str, ...]) -> dict | None:
+        """The first active fault of one of ``kinds`` in ``scenario["endpoint_faults"][endpoint]``, consuming one of
+        its ``times``: faults of endpoints that belong to no account (Meta's token exchange and debug_token,
+        Google's token endpoint)."""
+        with self._lock:
+            for index, fault in enumerate((self.scenario.get("endpoint_faults") or {}).get(endpoint) or []):
+                if fault.get("kind") in kinds and self._use(("endpoint", endpoint, index), fault):
+                    return fault
         return None
 
     def next_call(self, platform: str, account_id: str, endpoint: str) -> int:
@@ -304,7 +347,7 @@ def _default_endpoint(platform: str) -> str:
 
 def apply_common_faults(sb: Sandbox, platform: str, account_id: str, endpoint: str, **match) -> Response | None:
     """Faults that look the same on both platforms' wires."""
-    fault = sb.take_fault(platform, account_id, endpoint, ("slow", "drop", "truncated"), **match)
+    fault = sb.take_fault(platform, account_id, endpoint, ("slow", "drop", "truncated", "raw"), **match)
     if fault is None:
         return None
     if fault["kind"] == "slow":
@@ -312,7 +355,15 @@ def apply_common_faults(sb: Sandbox, platform: str, account_id: str, endpoint: s
         return None
     if fault["kind"] == "drop":
         return Response(0, drop=True)
+    if fault["kind"] == "raw":
+        return raw_response(fault)
     return Response(200, truncate=True)
+
+
+def raw_response(fault: dict) -> Response:
+    """A ``raw`` fault's answer: ``status`` with ``text`` sent as is (``content_type``, default text/html) and ``headers``."""
+    headers = {"Content-Type": fault.get("content_type", "text/html; charset=UTF-8"), **(fault.get("headers") or {})}
+    return Response(int(fault.get("status", 502)), headers=headers, raw=str(fault.get("text", "<html><body>Bad Gateway</body></html>")))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -360,9 +411,12 @@ class _Handler(BaseHTTPRequestHandler):
         payload = json.dumps(response.body if response.body is not None else {}).encode()
         if response.truncate:
             payload = _truncated_payload(sb, request)
+        if response.raw is not None:
+            payload = response.raw.encode()
         try:
             self.send_response(response.status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            if "Content-Type" not in response.headers:
+                self.send_header("Content-Type", "application/json; charset=UTF-8")
             self.send_header("Content-Length", str(len(payload)))
             for name, value in response.headers.items():
                 self.send_header(name, value)

@@ -28,7 +28,7 @@ CASES = [
     ("meta", {"kind": "truncated"}, 1, "error", "not complete JSON"),
     ("meta", {"kind": "drop"}, 1, "error", "connection to 127.0.0.1"),
     ("meta", "revoke", 1, "needs_reauth", "190/460"),
-    ("meta", {"kind": "permission"}, 1, "error", "(#200)"),
+    ("meta", {"kind": "permission"}, 1, "needs_reauth", "(#200)"),
     ("google", {"kind": "rate_limit", "retry_seconds": 2, "times": 1}, 0, "ok", None),
     ("google", {"kind": "quota_exhausted"}, 1, "rate_limited", "RESOURCE_EXHAUSTED"),
     ("google", {"kind": "server_error", "status": 503, "times": 1}, 0, "ok", None),

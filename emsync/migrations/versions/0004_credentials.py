@@ -1,7 +1,7 @@
 """credentials shared by integrations
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-01
 
 Moves every integration's tokens into a ``credentials`` row of its own and
@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 
 revision = "0004"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
@@ -49,6 +49,8 @@ def upgrade() -> None:
         sa.Column("refresh_token_enc", sa.Text(), nullable=True),
         sa.Column("cached_access_token_enc", sa.Text(), nullable=True),
         sa.Column("cached_access_token_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("data_access_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("token_checked_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("platform", "platform_user", name="uq_credentials_platform_user"),
     )
