@@ -381,6 +381,10 @@ def test_invalid_client_keeps_the_providers_description_readable(cli, make_sandb
     result = cli("sync-all", "--json")
     assert result.code == 1
     error = integration(cli, integration_id)["last_error"]
-    assert "Google OAuth rejected the client" in error and "The OAuth client was not found." in error
+    # Google answers a wrong secret with error_description "Unauthorized" (a wrong client id: "The OAuth client was not found.")
+    assert "Google OAuth rejected the client" in error and "invalid_client: Unauthorized" in error
     assert integration(cli, integration_id)["status"] == "error" and sb.count("google.token") == 1
     assert "a-wrong-client-secret-987" not in result.text + cli("status").text
+    monkeypatch.setenv("GOOGLE_OAUTH_CLIENT_ID", "someone-else.apps.googleusercontent.com")
+    assert cli("sync-all").code == 1
+    assert "The OAuth client was not found." in integration(cli, integration_id)["last_error"]

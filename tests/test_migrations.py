@@ -108,9 +108,8 @@ def test_upgrade_from_0001_keeps_every_row_and_gives_each_campaign_one_name(cli,
         ).all()
         campaigns = conn.execute(text("SELECT campaign_id, name, status, vanished FROM campaigns ORDER BY campaign_id")).all()
         seen = conn.execute(text("SELECT campaign_id, first_day, last_day, days FROM campaign_days_seen ORDER BY campaign_id")).all()
-        columns = conn.execute(
-            text("SELECT last_warning, last_warning_at, next_attempt_at, data_access_expires_at FROM integrations")
-        ).one()
+        columns = conn.execute(text("SELECT last_warning, last_warning_at, next_attempt_at FROM integrations")).one()
+        access = conn.execute(text("SELECT data_access_expires_at, token_checked_at FROM credentials")).one()
     assert len(rows) == 4 and all(Decimal(str(r.spend)) == Decimal("12.34") for r in rows), "no row lost or changed"
     assert all(r.link_clicks is None for r in rows), "link clicks unknown for rows synced before"
     assert [r.campaign_name for r in rows] == ["Spring sale 2"] * 3 + ["Brand"], "each campaign's latest name on every day"
@@ -122,7 +121,7 @@ def test_upgrade_from_0001_keeps_every_row_and_gives_each_campaign_one_name(cli,
         ("A", str(old), str(old + timedelta(days=2)), 3),
         ("B", str(old + timedelta(days=1)), str(old + timedelta(days=1)), 1),
     ]
-    assert tuple(columns) == (None, None, None, None)
+    assert tuple(columns) == (None, None, None) and tuple(access) == (None, None), "new columns start empty"
 
     make_sandbox()
     assert cli("sync-all").code == 0

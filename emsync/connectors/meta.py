@@ -281,7 +281,7 @@ class MetaConnector(HttpConnector):
         rows: list[InsightRow] = []
         campaigns: set[str] = set()
         seen: set[str] = set()
-        pages = empty = 0
+        pages = empty = largest = 0
         body = self._get(account, url, params, token, report_run=report_run)
         while True:
             pages += 1
@@ -291,6 +291,7 @@ class MetaConnector(HttpConnector):
             page = [parse_row(item, types, windows) for item in data]
             rows.extend(page)
             campaigns.update(r.campaign_id for r in page)
+            largest = max(largest, len(page))
             next_url = paging.get("next")
             if not next_url:
                 return Fetched(rows)
@@ -298,11 +299,12 @@ class MetaConnector(HttpConnector):
             kept = f"kept the {len(rows)} rows read and deleted nothing"
             if empty >= EMPTY_PAGES_END:
                 return self._ended(rows, f"Meta kept answering empty pages with a next link: stopped after {empty} in a row; {kept}")
-            cap = page_cap(window.days, len(campaigns))
+            cap = page_cap(window.days, len(campaigns), largest)
             if pages >= cap:
                 return self._ended(
                     rows,
-                    f"Meta's paging went past {cap} pages ({window.days} days × {len(campaigns)} campaigns at {PAGE_SIZE} rows a page): stopped; {kept}",
+                    f"Meta's paging went past {cap} pages ({window.days} days × {len(campaigns)} campaigns at "
+                    f"{min(max(largest, 1), PAGE_SIZE)} rows a page): stopped; {kept}",
                 )
             if next_url in seen:
                 if not page:

@@ -49,11 +49,12 @@ def insights_params(window: SyncWindow, attribution_windows: tuple[str, ...]) ->
     return params
 
 
-def page_cap(days: int, campaigns: int) -> int:
+def page_cap(days: int, campaigns: int, page_size: int = PAGE_SIZE) -> int:
     """Most pages one query may take: the rows it can have (days × campaigns seen so far) over the page
-    size, doubled, plus five. Recomputed as pages bring new campaigns, so only a chain that stops bringing
-    them reaches it."""
-    return math.ceil(days * max(campaigns, 1) / PAGE_SIZE) * 2 + 5
+    size, doubled, plus five. ``page_size`` is the largest page Meta actually served (it may serve fewer rows
+    than the ``limit`` asked for). Recomputed as pages bring new campaigns and larger pages, so only a chain
+    that stops bringing them reaches it."""
+    return math.ceil(days * max(campaigns, 1) / max(1, min(page_size, PAGE_SIZE))) * 2 + 5
 
 
 # ---------------------------------------------------------------- usage headers
