@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import DatabaseError
 
 # Every migration this code knows, oldest first; the last is what the code needs.
-REVISIONS = ("0001",)
+REVISIONS = ("0001", "0006")
 HEAD = REVISIONS[-1]
 _WRITE_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SQLite engine -> this process's writer queue
 

@@ -21,12 +21,13 @@ STALE_RUN = timedelta(hours=2)
 
 @dataclass(frozen=True, slots=True)
 class DueIntegration:
-    """An integration a run will try, with what its log lines name."""
+    """An integration a run will try, with what its log lines name (``last_attempt_at``: for the Google budget's turns)."""
 
     id: int
     platform: str
     account_id: str
     email: str
+    last_attempt_at: datetime | None = None
 
 
 def pid_alive(pid: int) -> bool:
@@ -114,7 +115,9 @@ def record_attempt(
 def due_integrations(conn, *, email: str | None, platform: str | None, include_reauth: bool, now: datetime) -> list[DueIntegration]:
     """Active integrations a run should take, in id order (see CONTRACT.md, "Which integrations a run takes")."""
     query = (
-        select(integrations_t.c.id, integrations_t.c.platform, integrations_t.c.account_id, users_t.c.email)
+        select(
+            integrations_t.c.id, integrations_t.c.platform, integrations_t.c.account_id, users_t.c.email, integrations_t.c.last_attempt_at
+        )
         .join(users_t, users_t.c.id == integrations_t.c.user_id)
         .where(integrations_t.c.is_active.is_(True))
         .where(
@@ -132,7 +135,7 @@ def due_integrations(conn, *, email: str | None, platform: str | None, include_r
         query = query.where(users_t.c.email == email)
     if platform is not None:
         query = query.where(integrations_t.c.platform == platform)
-    return [DueIntegration(r.id, r.platform, r.account_id, r.email) for r in conn.execute(query)]
+    return [DueIntegration(r.id, r.platform, r.account_id, r.email, r.last_attempt_at) for r in conn.execute(query)]
 
 
 def recent_runs(conn, limit: int = 10) -> list[dict]:

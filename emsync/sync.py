@@ -6,8 +6,14 @@ The path of one integration, top to bottom in ``Syncer``:
     _attempt       decrypt Credentials, then
       _fetch         connector.prepare → account_info (first sync) → fetch(window)
       _save_success  one write transaction: renewed tokens, the window (campaign_rows.py),
-                     the attempt record (runs.py), the integration's status (store.py)
-      _save_failure  one write transaction: renewed tokens, the attempt, the failing status
+                     the attempt record (runs.py), its Google operations (ledger.py),
+                     the integration's status (store.py)
+      _save_failure  one write transaction: renewed tokens, the attempt, its operations, the failing status
+
+Which integrations a run takes is ``runs.due_integrations``; a sync-all then
+lets Google integrations take turns when the day's operations cannot cover
+every run (``budget.take_turns``), and no Google integration is tried once a
+429 said the project's operations for the day are gone (``ledger``).
 
 Each integration is independent: its own claim, its own transaction, its own
 error. Whatever goes wrong for one integration — claim, fetch, write, even
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -25,12 +32,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from . import campaign_rows, runs, store
+from . import access, budget, campaign_rows, ledger, runs, store
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
 from .crypto import TokenBox
 from .db import write_transaction
-from .domain import AccountInfo, Connector, Credentials, Fetched, IntegrationState, SyncWindow, account_label
+from .domain import AccountInfo, Credentials, Fetched, IntegrationState, SyncWindow, account_label
 from .errors import ApiError, EmsyncError, RateLimited
 from .healthcheck import Healthcheck
 from .http import HttpClient, new_session
@@ -158,16 +165,6 @@ def window_for(state: IntegrationState, settings: Settings, *, force_full: bool,
     return SyncWindow(since=today - timedelta(days=days - 1), until=today, full=full)
 
 
-def make_connector(platform: str, settings: Settings, api: HttpClient, clock: Clock) -> Connector:
-    if platform == "meta":
-        from .connectors.meta import MetaConnector
-
-        return MetaConnector(settings, api, clock)
-    from .connectors.google import GoogleConnector
-
-    return GoogleConnector(settings, api, clock)
-
-
 def describe_failure(exc: BaseException) -> str:
     """One redacted line for ``last_error``: emsync's own message, or the type and text of a surprise."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -214,6 +211,8 @@ class Syncer:
         self.on_result = on_result or (lambda result: None)
         self.on_start = on_start or (lambda due: None)
         self.host = socket.gethostname()
+        self.google_exhausted: datetime | None = None  # set when a 429 says the project's operations for the day are gone
+        self._google_lock = threading.Lock()
         register_secret(*settings.secrets())
 
     # ---------------------------------------------------------------- a run
@@ -262,9 +261,19 @@ class Syncer:
                 due = runs.due_integrations(
                     conn, email=options.email, platform=options.platform, include_reauth=options.email is not None, now=result.started_at
                 )
+                plan = budget.google_budget(self.settings, budget.active_google(conn))
+                self.google_exhausted = ledger.exhausted_until(conn, result.started_at)
             result.due = len(due)
             log.info("Found %d active integrations%s", len(due), f" for {options.email}" if options.email else "")
             self.on_start(len(due))
+            waiting: list[tuple[DueIntegration, datetime]] = []
+            if options.email is None:  # sync-user is a person pressing "Sync Data": no turns for them
+                due, waiting = budget.take_turns(due, plan, result.started_at)
+            for item, turn in waiting:
+                skipped = IntegrationResult(item.id, item.platform, item.email, item.account_id, status="skipped", retry_at=turn)
+                reason = f"Google Ads operations budget: synced {plan.syncs_per_day} times a day; next turn {turn:%Y-%m-%d %H:%M} UTC"
+                result.results.append(self._skip(skipped, reason))
+                self.on_result(skipped)
             locker = locker_for(self.db, self.settings.database_url)
             session = new_session(self.settings.concurrency)
             with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="sync") as pool:
@@ -307,6 +316,11 @@ class Syncer:
                     return self._skip(result, "removed or disabled meanwhile", quiet=True)
                 if state.last_attempt_at is not None and state.last_attempt_at >= run.started_at:
                     return self._skip(result, "already synced by another run")
+                if state.platform == "google" and self.google_exhausted is not None:
+                    result.retry_at = self.google_exhausted
+                    return self._skip(
+                        result, f"Google Ads operations for today are used up; next try after {self.google_exhausted:%Y-%m-%d %H:%M} UTC"
+                    )
                 log.info("Syncing %s for %s (%s)...", item.platform, item.email, result.label)
                 self._attempt(state, result, run.run_id, options, session)
         except Exception as exc:
@@ -326,13 +340,11 @@ class Syncer:
         started = self.clock.now()
         clock = time.monotonic()
         api = HttpClient(session, timeout=s.http_timeout, attempts=s.retry_attempts, max_wait=s.retry_max_wait, clock=self.clock)
-        work = _Fetch(
-            Credentials(token_expires_at=state.token_expires_at, cached_access_token_expires_at=state.cached_access_token_expires_at)
-        )
+        work = _Fetch(Credentials())
         try:
             self._fetch(state, work, api, force_full=options.full, now=started)
             result.window = work.window
-            result.rows = self._save_success(state, work, run_id, started, api.requests)
+            result.rows = self._save_success(state, work, run_id, started, api)
             result.status = "ok"
         except Exception as exc:
             result.window = work.window
@@ -341,27 +353,24 @@ class Syncer:
             result.retry_at = exc.retry_at if isinstance(exc, RateLimited) else None
             if not isinstance(exc, EmsyncError):
                 log.debug("unexpected failure syncing %s", state.label, exc_info=True)
-            self._save_failure(state, work, result, run_id, started, api.requests)
+            scope = exc.scope if isinstance(exc, RateLimited) and state.platform == "google" else None
+            self._save_failure(state, work, result, run_id, started, api, quota_scope=scope)
         result.api_requests = api.requests
         result.duration_s = time.monotonic() - clock
 
     def _fetch(self, state: IntegrationState, work: _Fetch, api: HttpClient, *, force_full: bool, now: datetime) -> None:
         """Decrypt, prepare the credentials, learn the account once, read the window. Fills ``work`` as it goes."""
-        creds = work.creds
-        creds.access_token = self.box.decrypt(state.access_token_enc)
-        creds.refresh_token = self.box.decrypt(state.refresh_token_enc)
-        creds.cached_access_token = self.box.decrypt(state.cached_access_token_enc)
-        register_secret(*creds.secrets())
-        connector = make_connector(state.platform, self.settings, api, self.clock)
-        connector.prepare(creds)
+        creds = work.creds = access.decrypt_credentials(self.box, state)
+        connector = access.open_connector(self.settings, state, creds, api, self.clock)
         if state.currency is None and state.time_zone is None:
             work.info = connector.account_info(state.account, creds)
             state = _with_info(state, work.info)
         work.window = window_for(state, self.settings, force_full=force_full, now=now)
         work.fetched = connector.fetch(state.account, work.window, creds)
 
-    def _save_success(self, state: IntegrationState, work: _Fetch, run_id: int, started: datetime, requests: int) -> int:
-        """One write transaction: what the connector learnt, the window, the attempt, the status. Returns rows written."""
+    def _save_success(self, state: IntegrationState, work: _Fetch, run_id: int, started: datetime, api: HttpClient) -> int:
+        """One write transaction: what the connector learnt, the window, the attempt and its operations, the status.
+        Returns rows written."""
         assert work.window is not None and work.fetched is not None
         currency = work.info.currency if work.info else state.currency
         with write_transaction(self.db) as conn:
@@ -377,16 +386,29 @@ class Syncer:
                 finished_at=finished,
                 status="ok",
                 rows=rows,
-                api_requests=requests,
+                api_requests=api.requests,
                 error=None,
             )
+            ledger.record(conn, operations=api.operations, source="sync", now=finished, integration_id=state.id)
             store.mark_success(conn, state.id, finished_at=finished, full=work.window.full)
         return rows
 
     def _save_failure(
-        self, state: IntegrationState, work: _Fetch, result: IntegrationResult, run_id: int, started: datetime, requests: int
+        self,
+        state: IntegrationState,
+        work: _Fetch,
+        result: IntegrationResult,
+        run_id: int,
+        started: datetime,
+        api: HttpClient,
+        *,
+        quota_scope: str | None = None,
     ) -> None:
-        """One write transaction: a renewed token must survive the failure; the attempt and the failing status."""
+        """One write transaction: a renewed token must survive the failure; the attempt, its operations, the failing status.
+
+        A Google 429 naming the developer token's or the project's quota (``quota_scope``) also marks the day
+        exhausted in the ledger, and this run tries no other Google integration.
+        """
         error = result.error or result.status
         with write_transaction(self.db) as conn:
             self._remember(conn, state.id, work)
@@ -400,23 +422,18 @@ class Syncer:
                 finished_at=finished,
                 status=result.status,
                 rows=0,
-                api_requests=requests,
+                api_requests=api.requests,
                 error=error,
             )
+            ledger.record(conn, operations=api.operations, source="sync", now=finished, integration_id=state.id)
+            if quota_scope and ledger.mark_exhausted(conn, scope=quota_scope, source="sync", now=finished, integration_id=state.id):
+                with self._google_lock:
+                    self.google_exhausted = ledger.next_day_start(finished)
             store.mark_failure(conn, state.id, finished_at=finished, status=result.status, error=error, retry_at=result.retry_at)
 
     def _remember(self, conn, integration_id: int, work: _Fetch) -> None:
         """Persist renewed tokens and first-sync account metadata, inside the caller's transaction."""
-        creds = work.creds
-        if creds.changed:
-            store.save_tokens(
-                conn,
-                integration_id,
-                access_token_enc=self.box.encrypt(creds.access_token),
-                token_expires_at=creds.token_expires_at,
-                cached_access_token_enc=self.box.encrypt(creds.cached_access_token),
-                cached_access_token_expires_at=creds.cached_access_token_expires_at,
-            )
+        access.save_credentials(conn, self.box, integration_id, work.creds)
         if work.info is not None:
             store.save_account_info(
                 conn, integration_id, currency=work.info.currency, time_zone=work.info.time_zone, name=work.info.name, now=self.clock.now()

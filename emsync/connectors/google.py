@@ -76,6 +76,15 @@ def _retry_delay(error: dict) -> float | None:
     return None
 
 
+def _rate_scope(failures: list[dict]) -> str | None:
+    """Whose quota a QuotaError names (``quotaErrorDetails.rateScope``: ACCOUNT, DEVELOPER, PROJECT)."""
+    for failure in failures:
+        scope = ((failure.get("details") or {}).get("quotaErrorDetails") or {}).get("rateScope")
+        if scope:
+            return str(scope)
+    return None
+
+
 def _failures(error: dict) -> tuple[list[dict], str | None]:
     failures: list[dict] = []
     request_id = None
@@ -170,7 +179,7 @@ class GoogleConnector(HttpConnector):
             if "RESOURCE_TEMPORARILY_EXHAUSTED" in codes and (delay is None or delay <= self.api.max_wait):
                 raise RetryableError(label, wait=delay, rate_limit=True, request_id=request_id)
             until = self.clock.now() + (timedelta(seconds=delay) if delay else UNKNOWN_QUOTA_DELAY)
-            raise RateLimited(label, retry_at=until, request_id=request_id)
+            raise RateLimited(label, retry_at=until, request_id=request_id, scope=_rate_scope(failures))
         if code in (500, 502, 503, 504) or status in ("INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
             raise RetryableError(label, request_id=request_id)
         if "USER_PERMISSION_DENIED" in codes and not account.login_customer_id:
@@ -188,7 +197,12 @@ class GoogleConnector(HttpConnector):
             if s.google_ads_developer_token:
                 headers["developer-token"] = s.google_ads_developer_token
             return self.api.send(
-                "POST", url, json={"query": query}, headers=headers, classify=lambda response: self._classify(response, account)
+                "POST",
+                url,
+                json={"query": query},
+                headers=headers,
+                classify=lambda response: self._classify(response, account),
+                operation=True,  # every searchStream is one operation of the daily quota, answered or not
             )
 
         try:
