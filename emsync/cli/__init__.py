@@ -1,8 +1,8 @@
 """The `emsync` command line: parse, call the library, render. Nothing else lives here.
 
 ``app`` (Typer) is assembled from ``admin`` (init, users, integrations),
-``sync`` (sync-all, sync-user and their output) and ``ops`` (status, sandbox,
-serve, secret, demo); ``main`` is the console script and the one place that
+``sync`` (sync-all, sync-user and their output), ``backfill`` (backfill and
+its output) and ``ops`` (status, sandbox, serve, secret, demo); ``main`` is the console script and the one place that
 turns errors into a line on stderr and an exit code.
 """
 
@@ -13,7 +13,7 @@ import sys
 import typer
 
 from ..errors import EmsyncError
-from . import admin, ops, sync  # noqa: F401  (register the commands, in the order --help lists them)
+from . import admin, backfill, ops, sync  # noqa: F401  (register the commands, in the order --help lists them)
 from .app import app
 
 __all__ = ["app", "main"]

@@ -16,11 +16,11 @@ def status(
     json_out: JsonOpt = False,
     check: Annotated[bool, typer.Option("--check", help="Exit 1 with a one-line reason when something needs attention.")] = False,
 ) -> None:
-    """What was synced when, what failed and why, token expiry, recent runs.
+    """What was synced when, what failed and why, token expiry, recent runs, backfills, Google Ads operations today.
 
     Examples: [bold]emsync status[/bold]   [bold]emsync status --check[/bold]   [bold]emsync status --json[/bold]
     """
-    from ..report import build_status, check_problems
+    from ..report import build_status, check_problems, check_warnings
 
     ctx = state(typer_ctx)
     with ctx.transaction(write=False) as conn:
@@ -29,6 +29,10 @@ def status(
         problems = check_problems(report, ctx.settings)
         if problems:
             print(f"CRITICAL: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+            raise typer.Exit(1)
+        warnings = check_warnings(report, ctx.settings)
+        if warnings:
+            print(f"WARNING: {warnings[0]}")
             raise typer.Exit(1)
         print(f"OK: {len(report['integrations'])} integrations healthy")
         return
