@@ -19,7 +19,7 @@ attempt's operations commit with its attempt record.
 from __future__ import annotations
 
 import socket
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, insert, select
@@ -42,8 +42,8 @@ def day_start(day: date) -> datetime:
 
 
 def next_day_start(moment: datetime) -> datetime:
-    """When the Pacific day after ``moment``'s begins."""
-    return day_start(google_day(moment) + timedelta(days=1))
+    """When the Pacific day after ``moment``'s begins, in UTC."""
+    return day_start(google_day(moment) + timedelta(days=1)).astimezone(UTC)
 
 
 def record(conn, *, operations: int, source: str, now: datetime, integration_id: int | None = None) -> None:
