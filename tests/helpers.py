@@ -18,10 +18,18 @@ def window(sb, platform: str, account: str, days: int) -> tuple[date, date]:
 
 def expected(sb, platform: str, account: str, days: int = 30, *, version: int = 0, purchase_source: str = "standard") -> dict:
     """(campaign_id, date) -> (spend, impressions, clicks, conversions, revenue) as the API returned them."""
-    cfg = sb.account(platform, account)
     since, until = window(sb, platform, account, days)
+    return expected_between(sb, platform, account, since, until, version=version, purchase_source=purchase_source)
+
+
+def expected_between(
+    sb, platform: str, account: str, since: date, until: date, *, version: int = 0, purchase_source: str = "standard"
+) -> dict:
+    """``expected`` for any dates (a backfill's range): what the sandbox serves for [since, until]."""
+    cfg = sb.account(platform, account)
+    today = sb.today(cfg["timezone"])
     out = {}
-    for s in day_stats(sb.scenario["seed"], platform, account, int(cfg["campaigns"]), since, until, today=until, version=version):
+    for s in day_stats(sb.scenario["seed"], platform, account, int(cfg["campaigns"]), since, until, today=today, version=version):
         if platform == "meta":
             spend = Decimal(s.spend_cents) / 100
             has_purchases = s.purchases and purchase_source != "none"

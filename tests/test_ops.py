@@ -90,7 +90,8 @@ def test_google_quota_warning(cli, monkeypatch):
     assert json.loads(cli("status", "--json").out)["warnings"] == [], "2 × 48 = 96 operations fit in 100"
     add_google(cli, "a@example.com", "3333333333", "1//c")
     warnings = json.loads(cli("status", "--json").out)["warnings"]
-    assert "3 active Google integrations × 48 runs a day = 144" in warnings[0] and "GOOGLE_ADS_DAILY_OPERATIONS (100)" in warnings[0]
+    assert "3 active Google integrations × 48 runs a day = 144 operations, over the 100" in warnings[0]
+    assert "each is synced 33 times a day (every 44 minutes)" in warnings[0]
 
 
 @pytest.mark.parametrize(
