@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from collections import Counter
@@ -14,7 +15,7 @@ from sqlalchemy import text
 from emsync.backfill.plan import add_months
 
 from .conftest import add_google, add_meta
-from .helpers import expected_between, quantized, stored, values, window
+from .helpers import expected_between, on_terminal, quantized, stored, values, window
 
 pytestmark = pytest.mark.usefixtures("any_db")
 
@@ -332,3 +333,42 @@ def test_a_disabled_integration_named_by_id_is_refused(cli, engine):
     assert cli("integrations", "disable", str(integration_id)).code == 0
     result = cli("backfill", "--since", "2025-01-01", "--integration", str(integration_id))
     assert result.code == 2 and "is disabled" in result.err
+
+
+def test_progress_per_integration_on_a_terminal_and_plain_lines_otherwise(cli, make_sandbox):
+    make_sandbox()
+    add_meta(cli, account="act_1")
+    add_google(cli, account="1111111111")
+    code, screen = on_terminal("backfill", "--since", _months_ago(8).isoformat())
+    assert code == 0
+    assert re.search(r"meta act_1 anna@example.com .* (\d+)/\1 .*rows", screen), screen[-2000:]
+    assert re.search(r"google 111-111-1111 anna@example.com .* (\d+)/\1 .*rows", screen), screen[-2000:]
+    assert "ETA" in screen and "Backfill complete" in screen
+    assert "INFO" not in screen, "a terminal gets the progress display, not log lines"
+    plain = cli("backfill", "--since", _months_ago(10).isoformat())
+    assert plain.code == 0 and "INFO    Backfill meta anna@example.com (act_1):" in plain.err and "saved" in plain.err
+
+
+def test_an_integration_that_needs_reauth_is_left_out_unless_named(cli, engine, make_sandbox):
+    make_sandbox()
+    healthy = add_meta(cli, account="act_1")
+    expired = add_meta(cli, account="act_2", token="EAABtoken-2")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE integrations SET status = 'needs_reauth' WHERE id = :i"), {"i": expired})
+    since = _months_ago(2).isoformat()
+    items = _items(_backfill(cli, "--since", since))
+    assert items[healthy]["status"] == "done"
+    assert items[expired]["status"] == "skipped" and f"emsync integrations update {expired}" in items[expired]["reason"]
+    named = _items(_backfill(cli, "--since", since, "--integration", str(expired)))
+    assert list(named) == [expired] and named[expired]["status"] == "done", "named, it is tried (the sandbox still accepts its token)"
+
+
+def test_a_key_that_cannot_decrypt_the_tokens_is_exit_2_before_anything_is_written(cli, engine, make_sandbox, monkeypatch):
+    from emsync.crypto import new_key
+
+    sb = make_sandbox()
+    add_meta(cli, account="act_1")
+    monkeypatch.setenv("EMSYNC_SECRET_KEY", new_key())
+    result = cli("backfill", "--since", _months_ago(2).isoformat())
+    assert result.code == 2 and "cannot decrypt" in result.err
+    assert _scalar(engine, "SELECT count(*) FROM backfills") == 0 and sb.log == []

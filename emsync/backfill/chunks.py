@@ -31,6 +31,8 @@ from .plan import ChunkPlan, ExistingChunk
 
 LEASE = timedelta(minutes=2)
 HEARTBEAT = timedelta(seconds=30)
+_NOTHING_YET = dict(rows=0, requests=0, operations=0)  # what a new backfill or chunk has fetched
+_NO_LEASE = dict(lease_token=None, lease_host=None, lease_pid=None, lease_until=None)
 
 
 class LeaseLost(Exception):
@@ -81,9 +83,7 @@ def apply_plan(conn, integration_id: int, plan: ChunkPlan, since: date, until: d
                 status="running",
                 chunks_total=0,
                 chunks_done=0,
-                rows=0,
-                requests=0,
-                operations=0,
+                **_NOTHING_YET,
                 host=socket.gethostname(),
                 pid=os.getpid(),
                 started_at=now,
@@ -100,17 +100,7 @@ def apply_plan(conn, integration_id: int, plan: ChunkPlan, since: date, until: d
         conn.execute(
             insert(chunks_t),
             [
-                dict(
-                    integration_id=integration_id,
-                    since=lo,
-                    until=hi,
-                    status="pending",
-                    rows=0,
-                    requests=0,
-                    operations=0,
-                    attempts=0,
-                    created_at=now,
-                )
+                dict(integration_id=integration_id, since=lo, until=hi, status="pending", attempts=0, created_at=now, **_NOTHING_YET)
                 for lo, hi in plan.new
             ],
         )
@@ -181,7 +171,7 @@ def heartbeat(conn, lease: Lease, *, clock: Clock) -> bool:
 
 def release(conn, lease: Lease, *, error: str | None = None) -> None:
     """Give the chunk back, pending, for this or another process to fetch later."""
-    values: dict = dict(lease_token=None, lease_host=None, lease_pid=None, lease_until=None)
+    values: dict = dict(_NO_LEASE)
     if error is not None:
         values["last_error"] = error[:2000]
     conn.execute(update(chunks_t).where(chunks_t.c.id == lease.chunk_id, _same_token(lease.token)).values(**values))
@@ -222,11 +212,8 @@ def finish(conn, lease: Lease, *, since: date, until: date, rows: int, requests:
             requests=chunks_t.c.requests + requests,
             operations=chunks_t.c.operations + operations,
             last_error=None,
-            lease_token=None,
-            lease_host=None,
-            lease_pid=None,
-            lease_until=None,
             finished_at=now,
+            **_NO_LEASE,
         )
     ).rowcount
     if done != 1:

@@ -27,7 +27,7 @@ class IntegrationBackfill:
     """One integration's backfill in this invocation.
 
     ``status``: planned (dry run) | running | done | paused (quota, rate limit or usage: see ``resume_after``) |
-    failed | interrupted | elsewhere (its remaining chunks are leased by another backfill).
+    failed | interrupted | elsewhere (its remaining chunks are leased by another backfill) | skipped (needs re-authorisation).
     ``chunks_total``/``chunks_done`` count the chunks of the requested range, fetched now or before;
     ``chunks_fetched``, ``rows``, ``requests`` and ``operations`` what this invocation did.
     """

@@ -77,17 +77,22 @@ class Backfiller:
 
         Raises:
             UserError: unknown email or integration id, a disabled integration named by id, --since after --until.
+            ConfigError: no secret key, or one that cannot decrypt the stored tokens (checked before anything is written).
         """
         started = time.monotonic()
         result = BackfillResult(options)
-        targets = self._select(options)
-        result.integrations = [item for item, _ in targets]
+        targets, skipped = self._select(options)
+        result.integrations = [item for item, _ in targets] + skipped
         if options.dry_run:
             for item, state in targets:
                 self._preview(item, state, options)
             result.duration_s = time.monotonic() - started
             return result
         self._box = TokenBox(self.settings.require_secret_key())
+        with self.db.begin() as conn:
+            sample = store.any_encrypted_token(conn)
+        if sample is not None:
+            self._box.decrypt(sample)  # a wrong key is a configuration error: fail before writing anything
         session = new_session(self.settings.concurrency)
         try:
             todo = targets
@@ -110,7 +115,8 @@ class Backfiller:
         result.duration_s = time.monotonic() - started
         return result
 
-    def _select(self, options: BackfillOptions) -> list[tuple[IntegrationBackfill, IntegrationState]]:
+    def _select(self, options: BackfillOptions) -> tuple[list[tuple[IntegrationBackfill, IntegrationState]], list[IntegrationBackfill]]:
+        """(integrations to backfill with their state, those left out: ``needs_reauth`` ones not named by id or email)."""
         if options.until is not None and options.since > options.until:
             raise UserError(f"--since {options.since} is after --until {options.until}")
         with self.db.begin() as conn:
@@ -128,11 +134,19 @@ class Backfiller:
                 rows = [r for r in rows if r["id"] in options.integration_ids]
             rows = [r for r in rows if r["is_active"]]
             states = {r["id"]: store.integration_state(conn, r["id"]) for r in rows}
-        return [
-            (IntegrationBackfill(r["id"], r["platform"], r["email"], r["account_id"]), state)
-            for r in rows
-            if (state := states[r["id"]]) is not None
-        ]
+        named = bool(options.integration_ids or options.email)
+        targets, skipped = [], []
+        for r in rows:
+            item, state = IntegrationBackfill(r["id"], r["platform"], r["email"], r["account_id"]), states[r["id"]]
+            if state is None:
+                continue
+            if r["status"] == "needs_reauth" and not named:  # as sync-all does; naming it tries it anyway
+                item.status = "skipped"
+                item.reason = f"needs re-authorisation first: 'emsync integrations update {r['id']}'"
+                skipped.append(item)
+            else:
+                targets.append((item, state))
+        return targets, skipped
 
     def _pass(self, todo, options: BackfillOptions, session) -> None:
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="backfill") as pool:
