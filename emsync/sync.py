@@ -269,10 +269,15 @@ class Syncer:
             waiting: list[tuple[DueIntegration, datetime]] = []
             if options.email is None:  # sync-user is a person pressing "Sync Data": no turns for them
                 due, waiting = budget.take_turns(due, plan, result.started_at)
+            if waiting:
+                log.info(
+                    "%d Google integrations wait for their turn (%d syncs a day each fit the budget)", len(waiting), plan.syncs_per_day
+                )
             for item, turn in waiting:
                 skipped = IntegrationResult(item.id, item.platform, item.email, item.account_id, status="skipped", retry_at=turn)
                 reason = f"Google Ads operations budget: synced {plan.syncs_per_day} times a day; next turn {turn:%Y-%m-%d %H:%M} UTC"
-                result.results.append(self._skip(skipped, reason))
+                result.results.append(self._skip(skipped, reason, quiet=True))
+                log.debug("Skipping %s (%s): %s", item.email, skipped.label, reason)
                 self.on_result(skipped)
             locker = locker_for(self.db, self.settings.database_url)
             session = new_session(self.settings.concurrency)

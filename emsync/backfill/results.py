@@ -59,6 +59,11 @@ class IntegrationBackfill:
     def label(self) -> str:
         return account_label(self.platform, self.account_id)
 
+    def stopped(self, status: str, why: str, resume_after: datetime | None = None) -> None:
+        """It stopped before the end: ``failed`` (``why`` is the error) or paused/interrupted (``why`` is the reason)."""
+        self.status, self.resume_after = status, resume_after
+        self.error, self.reason = (why, None) if status == "failed" else (None, why)
+
     @property
     def eta_s(self) -> float | None:
         """Seconds left at this invocation's pace; None before the first chunk."""

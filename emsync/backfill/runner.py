@@ -2,12 +2,13 @@
 
 For each selected integration, a worker thread (up to ``EMSYNC_CONCURRENCY``):
 
-    _range        the dates: --since (clamped to Meta's 37 months) to --until, never into the regular window
-    plan          the chunks those dates need (plan.py), recorded (chunks.py)
-    _next_chunk   lease the newest pending chunk; stop on quota, usage or Ctrl-C first
-    _fetch_chunk  the connector's ``fetch`` for the chunk's dates, the lease kept alive meanwhile
-    _save_chunk   one write transaction: the lease re-checked, the dates replaced exactly
-                  (``campaign_rows.replace_window``), renewed tokens, the operations (ledger.py)
+    _learn_account  currency and time zone, once, when no sync learnt them yet
+    _range          the dates: --since (clamped to Meta's 37 months) to --until, never into the regular window
+    plan            the chunks those dates need (plan.py), recorded (chunks.py)
+    _next_chunk     lease the newest pending chunk (stop on quota, usage or Ctrl-C first), then
+      _call           the connector's ``fetch`` for the chunk's dates, the lease kept alive meanwhile
+      _save_chunk     one write transaction: the lease re-checked, the dates replaced exactly
+                      (``campaign_rows.replace_window``), renewed tokens, the operations (ledger.py)
 
 Stopping for a quota, a rate limit or Meta usage above 75 % is not a failure:
 the integration is ``paused`` with the time it may resume (``--wait`` sleeps
@@ -163,6 +164,10 @@ class Backfiller:
 
     # ---------------------------------------------------------------- one integration
 
+    def _key(self) -> TokenBox:
+        assert self._box is not None, "run() opens the key before any integration"
+        return self._box
+
     def _range(self, state: IntegrationState, options: BackfillOptions, item: IntegrationBackfill) -> tuple[date, date]:
         """[since, until] for this integration, in its time zone, with a warning for each clamp."""
         item.warnings = []
@@ -220,10 +225,9 @@ class Backfiller:
             clock=self.clock,
         )
         try:
-            assert self._box is not None
             with self.db.begin() as conn:  # fresh: a regular sync may have renewed a token or learnt the account meanwhile
                 state = store.integration_state(conn, state.id) or state
-            creds = access.decrypt_credentials(self._box, state)
+            creds = access.decrypt_credentials(self._key(), state)
             connector = access.open_connector(self.settings, state, creds, api, self.clock)
             state = self._learn_account(state, connector, creds, api)
             since, until = self._range(state, options, item)
@@ -246,12 +250,11 @@ class Backfiller:
             item.status = "elsewhere" if held else "done"
             item.reason = f"{held} chunks are being fetched by another backfill" if held else None
         except _Stop as stop:
-            item.status, item.reason, item.resume_after = stop.status, stop.reason, stop.resume_after
-            if stop.status == "failed":
-                item.error, item.reason = stop.reason, None
-        except Exception as exc:  # whatever it is, it is this integration's failure
-            item.status, item.error = "failed", describe_failure(exc)
-            log.debug("backfill of %s failed", item.label, exc_info=True)
+            item.stopped(stop.status, stop.reason, stop.resume_after)
+        except Exception as exc:  # renewing a token, reading the database...: a rate limit pauses, the rest fails
+            log.debug("backfill of %s stopped", item.label, exc_info=True)
+            why = self._stop_for(exc, state)
+            item.stopped(why.status, why.reason, why.resume_after)
         finally:
             item.elapsed_s = time.monotonic() - started
             item.requests += api.requests  # every request of this pass: tokens and account metadata too
@@ -270,7 +273,7 @@ class Backfiller:
             self.google.settle(state.platform)
         with write_transaction(self.db) as conn:
             store.save_account_info(conn, state.id, currency=info.currency, time_zone=info.time_zone, name=info.name, now=self.clock.now())
-            access.save_credentials(conn, self._box, state.id, creds)  # type: ignore[arg-type]
+            access.save_credentials(conn, self._key(), state.id, creds)
             ledger.record(conn, operations=api.operations - before[1], source="backfill", now=self.clock.now(), integration_id=state.id)
         creds.changed = False
         return replace(state, currency=info.currency, time_zone=info.time_zone)
@@ -369,7 +372,7 @@ class Backfiller:
                 chunks.finish(
                     conn, lease, since=window.since, until=window.until, rows=rows, requests=requests, operations=operations, now=now
                 )
-                access.save_credentials(conn, self._box, state.id, creds)  # type: ignore[arg-type]
+                access.save_credentials(conn, self._key(), state.id, creds)
                 ledger.record(conn, operations=operations, source="backfill", now=now, integration_id=state.id)
                 chunks.update_progress(conn, state.id, now=now, status="running")
         except chunks.LeaseLost as lost:
