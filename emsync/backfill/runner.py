@@ -304,6 +304,7 @@ class Backfiller:
             if self.stop.is_set():  # stopped while fetching: this chunk is rolled back, never written
                 self._abandon(lease, state, api, before, None)
                 raise _Stop("interrupted", "stopped on request; the chunk in flight was rolled back, finished chunks are kept")
+            item.warnings += [w for w in fetched.warnings if w not in item.warnings]
             try:
                 rows = self._save_chunk(lease, state, window, fetched, creds, api, before)
             except Exception:
