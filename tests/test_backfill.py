@@ -234,7 +234,10 @@ def test_ctrl_c_rolls_back_the_chunk_in_flight_and_keeps_finished_ones(cli, engi
     proc = spawn("backfill", "--since", _months_ago(6).isoformat(), "--json")
     _wait_for(lambda: sb.held == 1)
     proc.send_signal(sig)
-    time.sleep(0.2)  # let the handler run before the fetch returns (a later one is rolled back all the same)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the handler has run once it says so; only then may the fetch in flight return
+        if line.startswith("emsync: stopping"):
+            break
     sb.release_dates()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err

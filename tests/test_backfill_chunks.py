@@ -81,7 +81,8 @@ def planned(cli, engine):
     integration_id = add_meta(cli, account="act_1")
     plan = plan_chunks("meta", D("2026-01-01"), D("2026-03-31"), [], refetch=False)
     with db.write_transaction(engine) as conn:
-        chunks.apply_plan(conn, integration_id, plan, D("2026-01-01"), D("2026-03-31"), now=datetime.now(UTC))
+        chunks.lock_backfill(conn, integration_id, D("2026-01-01"), D("2026-03-31"), now=datetime.now(UTC))
+        chunks.apply_plan(conn, integration_id, plan, now=datetime.now(UTC))
     return integration_id, plan.work
 
 
@@ -184,3 +185,38 @@ def test_migration_0006_keeps_every_row_of_the_schema_before_it(empty_db_url, mo
         tables = set(inspect(conn).get_table_names())
     assert {"backfills", "backfill_chunks", "google_operations"} <= tables
     engine.dispose()
+
+
+def test_two_processes_planning_at_once_make_one_plan(cli, engine):
+    import threading
+
+    integration_id = add_meta(cli, account="act_1")
+    since, until = D("2026-01-01"), D("2026-06-30")
+    first_locked, plans, errors = threading.Event(), {}, []
+
+    def plan(name: str, hold: threading.Event | None) -> None:
+        try:
+            with db.write_transaction(engine) as conn:
+                chunks.lock_backfill(conn, integration_id, since, until, now=datetime.now(UTC))
+                if hold is not None:
+                    first_locked.set()
+                    hold.wait(30)  # the other planner arrives while this one holds the row
+                existing = chunks.existing_chunks(conn, integration_id)
+                plans[name] = plan_chunks("meta", since, until, existing, refetch=False)
+                chunks.apply_plan(conn, integration_id, plans[name], now=datetime.now(UTC))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    release = threading.Event()
+    first = threading.Thread(target=plan, args=("first", release))
+    first.start()
+    assert first_locked.wait(30)
+    second = threading.Thread(target=plan, args=("second", None))
+    second.start()
+    release.set()
+    first.join(60)
+    second.join(60)
+    assert errors == []
+    assert len(plans["first"].new) == 6 and plans["second"].new == (), "the second planner saw the first one's chunks"
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM backfill_chunks")).scalar() == 6

@@ -21,8 +21,10 @@ import secrets
 import socket
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, case, func, insert, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ..clock import Clock
 from ..models import backfills_t, chunks_t
@@ -71,31 +73,37 @@ def _lock_progress(conn, integration_id: int) -> dict | None:
     return dict(row._mapping) if row else None
 
 
-def apply_plan(conn, integration_id: int, plan: ChunkPlan, since: date, until: date, *, now: datetime) -> None:
-    """Record a request: widen the backfill's range, add the new chunks, make ``reset`` chunks pending again."""
+def lock_backfill(conn, integration_id: int, since: date, until: date, *, now: datetime) -> None:
+    """First statement of a request's transaction: the integration's ``backfills`` row, created when missing,
+    widened to [since, until] and locked, so two processes planning at once make one plan (the second sees the
+    first's chunks) instead of racing to insert the same ones."""
+    values = dict(
+        integration_id=integration_id,
+        since=since,
+        until=until,
+        status="running",
+        chunks_total=0,
+        chunks_done=0,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started_at=now,
+        updated_at=now,
+        **_NOTHING_YET,
+    )
+    insert_or_keep: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert  # ON CONFLICT: both dialects
+    conn.execute(insert_or_keep(backfills_t).values(**values).on_conflict_do_nothing(index_elements=["integration_id"]))
     progress = _lock_progress(conn, integration_id)
-    if progress is None:
-        conn.execute(
-            insert(backfills_t).values(
-                integration_id=integration_id,
-                since=since,
-                until=until,
-                status="running",
-                chunks_total=0,
-                chunks_done=0,
-                **_NOTHING_YET,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                started_at=now,
-                updated_at=now,
-            )
-        )
-    else:
-        conn.execute(
-            update(backfills_t)
-            .where(backfills_t.c.integration_id == integration_id)
-            .values(since=min(since, progress["since"]), until=max(until, progress["until"]))
-        )
+    assert progress is not None
+    conn.execute(
+        update(backfills_t)
+        .where(backfills_t.c.integration_id == integration_id)
+        .values(since=min(since, progress["since"]), until=max(until, progress["until"]))
+    )
+
+
+def apply_plan(conn, integration_id: int, plan: ChunkPlan, *, now: datetime) -> None:
+    """Record a request's plan (made under ``lock_backfill``): add the new chunks, make ``reset`` chunks pending
+    again, mark ``expired`` ones."""
     if plan.new:
         conn.execute(
             insert(chunks_t),

@@ -235,9 +235,10 @@ class Backfiller:
                 item.status, item.reason = "done", "nothing before the regular window in that range"
                 return
             with write_transaction(self.db) as conn:
+                chunks.lock_backfill(conn, state.id, since, until, now=self.clock.now())
                 existing = chunks.existing_chunks(conn, state.id)
                 plan = plan_chunks(state.platform, since, until, existing, refetch=options.refetch, oldest=item.first_available)
-                chunks.apply_plan(conn, state.id, plan, since, until, now=self.clock.now())
+                chunks.apply_plan(conn, state.id, plan, now=self.clock.now())
             item.chunks_total, item.chunks_done = len(plan.work) + len(plan.done), len(plan.done)
             log.info(
                 "Backfilling %s %s (%s): %s..%s, %d chunks to fetch", item.platform, item.email, item.label, since, until, len(plan.work)
