@@ -65,6 +65,12 @@ class GoogleBudget:
         return max(1, self.regular // self.customers)
 
     @property
+    def cadence(self) -> str:
+        """ "synced N times a day" in words."""
+        n = self.syncs_per_day
+        return "synced once a day" if n == 1 else f"synced {n} times a day"
+
+    @property
     def spread(self) -> bool:
         """Whether the schedule does not fit, so integrations take turns."""
         return self.syncs_per_day < RUNS_PER_DAY

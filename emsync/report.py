@@ -99,7 +99,7 @@ def _google_operations(conn, settings: Settings, rows: list[dict], now: datetime
     if plan.spread:
         warnings.append(
             f"{plan.customers} active Google integrations × {budget.RUNS_PER_DAY} runs a day = {plan.needs} operations, over the "
-            f"{plan.regular} GOOGLE_ADS_DAILY_OPERATIONS leaves for regular runs: each is synced {plan.syncs_per_day} times a day "
+            f"{plan.regular} GOOGLE_ADS_DAILY_OPERATIONS leaves for regular runs: each is {plan.cadence} "
             f"(every {plan.interval.total_seconds() / 60:.0f} minutes)"
         )
     if plan.customers and plan.regular < plan.customers:

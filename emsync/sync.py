@@ -275,7 +275,7 @@ class Syncer:
                 )
             for item, turn in waiting:
                 skipped = IntegrationResult(item.id, item.platform, item.email, item.account_id, status="skipped", retry_at=turn)
-                reason = f"Google Ads operations budget: synced {plan.syncs_per_day} times a day; next turn {turn:%Y-%m-%d %H:%M} UTC"
+                reason = f"Google Ads operations budget: {plan.cadence}; next turn {turn:%Y-%m-%d %H:%M} UTC"
                 result.results.append(self._skip(skipped, reason, quiet=True))
                 log.debug("Skipping %s (%s): %s", item.email, skipped.label, reason)
                 self.on_result(skipped)

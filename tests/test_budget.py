@@ -165,30 +165,32 @@ def test_a_simulated_day_syncs_each_of_40_google_integrations_twice_across_two_p
 
 
 def test_sync_all_skips_a_google_integration_until_its_turn_and_says_when(cli, make_sandbox, monkeypatch):
-    monkeypatch.setenv("GOOGLE_ADS_DAILY_OPERATIONS", "100")  # 3 x 48 = 144 > 100: 33 syncs a day each
+    # 3 x 48 = 144 operations needed, 3 a day available: each Google integration once a Pacific day
+    monkeypatch.setenv("GOOGLE_ADS_DAILY_OPERATIONS", "3")
     sb = make_sandbox()
     google = [add_google(cli, account=f"{n}" * 10, token=f"1//r-{n}") for n in (1, 2, 3)]
     meta = add_meta(cli, account="act_1")
-    assert cli("sync-all").code == 0
+    assert cli("sync-all").code == 0  # never synced: each takes its turn at once
     sb.reset_log()
     second = json.loads(cli("sync-all", "--json").out)
     results = {i["id"]: i for i in second["integrations"]}
     assert results[meta]["status"] == "ok", "Meta is not on the Google budget"
+    tomorrow = ledger.next_day_start(datetime.now(UTC))
     for integration_id in google:
         item = results[integration_id]
-        assert item["status"] == "skipped" and "synced 33 times a day; next turn" in item["error"]
-        assert datetime.fromisoformat(item["retry_at"]) > datetime.now(UTC)
+        assert item["status"] == "skipped" and "Google Ads operations budget: synced once a day; next turn" in item["error"]
+        assert tomorrow <= datetime.fromisoformat(item["retry_at"]) < tomorrow + timedelta(days=1), "its turn in the next Pacific day"
     assert sb.count("google.search_stream") == 0
     report = json.loads(cli("status", "--json").out)
     google_ops = report["google_operations"]
-    assert (google_ops["syncs_per_day"], google_ops["spread"], google_ops["today"]["used"]) == (33, True, 6)
+    assert (google_ops["syncs_per_day"], google_ops["spread"], google_ops["today"]["used"]) == (1, True, 6)
     assert google_ops["today"]["by_source"] == {"sync": 6}, "3 customer queries and 3 metric queries"
-    assert any("each is synced 33 times a day (every 44 minutes)" in w for w in report["warnings"])
+    assert any("each is synced once a day (every 1440 minutes)" in w for w in report["warnings"])
     assert "Google Ads operations today" in cli("status").out
-    assert cli("status", "--check").out.startswith("OK:")
-    monkeypatch.setenv("EMSYNC_STALE_AFTER_MINUTES", "30")
     check = cli("status", "--check")
-    assert check.code == 1 and check.out.startswith("WARNING:") and "every 44 minutes" in check.out
+    assert check.code == 1 and check.out.startswith("WARNING:") and "every 1440 minutes" in check.out
+    monkeypatch.setenv("EMSYNC_STALE_AFTER_MINUTES", "1500")
+    assert cli("status", "--check").out.startswith("OK:")
 
 
 def test_sync_user_is_not_held_to_turns(cli, make_sandbox, monkeypatch):
