@@ -125,6 +125,24 @@ def populate(db_url: str, key: str, n: int) -> None:
     engine.dispose()
 
 
+def child_env(sandbox_env: dict, db_url: str, key: str, concurrency: int, tmp: Path, **extra: str) -> dict:
+    """The environment of the measured emsync process: none of ours, the sandbox's, the database, ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMSYNC_", "META_", "GOOGLE_"))}
+    env.update(sandbox_env)
+    env.update(
+        {
+            "EMSYNC_DATABASE_URL": db_url,
+            "EMSYNC_SECRET_KEY": key,
+            "EMSYNC_CONCURRENCY": str(concurrency),
+            "HOME": str(tmp),
+            "XDG_CONFIG_HOME": str(tmp / "cfg"),
+            "EMSYNC_HTTP_TIMEOUT": "120",
+            **extra,
+        }
+    )
+    return env
+
+
 def run_sync(env: dict, extra: list[str]) -> dict:
     """Run `emsync sync-all` as a child; wall time, its own peak RSS and CPU from wait4."""
     started = time.perf_counter()
@@ -216,19 +234,7 @@ def measure(scenario: str, db_kind: str, concurrency: int, latency_ms: int, inte
         try:
             key = new_key()
             populate(db_url, key, n)
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("EMSYNC_", "META_", "GOOGLE_"))}
-            env.update(sandbox_env)
-            env.update(
-                {
-                    "EMSYNC_DATABASE_URL": db_url,
-                    "EMSYNC_SECRET_KEY": key,
-                    "EMSYNC_CONCURRENCY": str(concurrency),
-                    "HOME": str(tmp),
-                    "XDG_CONFIG_HOME": str(tmp / "cfg"),
-                    "EMSYNC_HTTP_TIMEOUT": "120",
-                    "EMSYNC_MIN_INTERVAL_MINUTES": "0",  # the steady run re-syncs on purpose
-                }
-            )
+            env = child_env(sandbox_env, db_url, key, concurrency, tmp, EMSYNC_MIN_INTERVAL_MINUTES="0")  # steady re-syncs on purpose
             full = None
             if scenario == "steady":
                 full = run_sync(env, [])

@@ -8,6 +8,7 @@ All values are timezone-aware UTC datetimes.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 
@@ -21,6 +22,11 @@ class Clock:
 
     def now(self) -> datetime:
         return utcnow()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (what ``backfill --wait`` does until it may resume)."""
+        if seconds > 0:
+            time.sleep(seconds)
 
 
 class ManualClock(Clock):
@@ -41,6 +47,11 @@ class ManualClock(Clock):
         """Move forward by ``delta`` (a timedelta or seconds); returns the new time."""
         self._now += delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
         return self._now
+
+    def sleep(self, seconds: float) -> None:
+        """Sleeping on a manual clock moves it forward at once: simulations never wait."""
+        if seconds > 0:
+            self.advance(seconds)
 
     def set(self, moment: datetime) -> None:
         self._now = moment.astimezone(UTC)

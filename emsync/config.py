@@ -304,7 +304,13 @@ class Settings:
         "GOOGLE_ADS_DAILY_OPERATIONS",
         15000,
         _int(1, 10**9),
-        help="your project's daily operations quota; `status` warns when the schedule cannot fit",
+        help="your project's daily operations quota; when the schedule cannot fit, Google integrations take turns",
+    )
+    backfill_google_ops: int | None = _setting(
+        "EMSYNC_BACKFILL_GOOGLE_OPS",
+        None,
+        _int(0, 10**9),
+        help="Google Ads operations backfills may spend a day; unset: half of what the schedule leaves of the daily quota",
     )
     cron_secret: str | None = _setting(
         "CRON_SECRET", None, _text, secret=True, help="bearer secret of the optional HTTP trigger (`emsync serve`); at least 32 characters"

@@ -16,7 +16,7 @@ from .errors import DatabaseError
 log = logging.getLogger("emsync")
 
 # Every migration this code knows, oldest first; the last is what the code needs.
-REVISIONS = ("0001", "0002", "0004", "0005")
+REVISIONS = ("0001", "0002", "0004", "0005", "0006")
 HEAD = REVISIONS[-1]
 _WRITE_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SQLite engine -> this process's writer queue
 

@@ -66,13 +66,18 @@ class RetryableError(ApiError):
 
 
 class RateLimited(ApiError):
-    """The platform asked us to come back later than we are willing to wait."""
+    """The platform asked us to come back later than we are willing to wait.
+
+    ``scope`` is whose quota ran out when the platform says so: Google's
+    ``quotaErrorDetails.rateScope`` (``ACCOUNT``, ``DEVELOPER``, ``PROJECT``).
+    """
 
     status = "rate_limited"
 
-    def __init__(self, message: str, *, retry_at: datetime, request_id: str | None = None):
+    def __init__(self, message: str, *, retry_at: datetime, request_id: str | None = None, scope: str | None = None):
         super().__init__(message, request_id=request_id)
         self.retry_at = retry_at
+        self.scope = scope
 
 
 class NeedsReauth(ApiError):

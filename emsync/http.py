@@ -45,7 +45,12 @@ def new_session(pool_size: int):
 
 
 class HttpClient:
-    """One integration's view of the shared session: counts its requests, owns its retry policy."""
+    """One integration's view of the shared session: counts its requests, owns its retry policy.
+
+    ``requests`` counts every request sent (retries included); ``operations`` those sent with
+    ``operation=True``, the calls a platform charges against a daily quota (Google Ads
+    operations); ``last_headers`` are the headers of the latest response (Meta's usage headers).
+    """
 
     # Tests replace this to avoid real waiting; everything that waits goes through it.
     sleep: Callable[[float], None] = staticmethod(time.sleep)
@@ -57,14 +62,16 @@ class HttpClient:
         self.attempts = attempts
         self.max_wait = max_wait
         self.requests = 0
+        self.operations = 0
+        self.last_headers: Any = {}
 
     def pause(self, seconds: float, reason: str) -> None:
         if seconds > 0:
             log.info("pausing %.1fs: %s", seconds, reason)
             type(self).sleep(seconds)
 
-    def send(self, method: str, url: str, *, classify: Callable[[Any], Any], **kwargs) -> Any:
-        """Send with retries; return what ``classify`` returns.
+    def send(self, method: str, url: str, *, classify: Callable[[Any], Any], operation: bool = False, **kwargs) -> Any:
+        """Send with retries; return what ``classify`` returns. ``operation``: each attempt counts in ``operations``.
 
         Raises:
             ApiError: a subclass saying what to do next. A rate limit that
@@ -101,24 +108,34 @@ class HttpClient:
             reraise=True,
         )
         try:
-            return retrying(self._attempt, method, url, classify, kwargs)
+            return retrying(self._attempt, method, url, classify, kwargs, operation)
         except RetryableError as exc:
             if getattr(exc, "rate_limit", False):
                 retry_at = self.clock.now() + timedelta(seconds=max(exc.wait or 0, 15 * 60))
                 raise RateLimited(f"still rate limited after {self.attempts} attempts: {exc}", retry_at=retry_at) from None
             raise
 
-    def rate_limited(self, label: str, delay: float | None, *, request_id: str | None = None, unknown: timedelta | None = None) -> ApiError:
+    def rate_limited(
+        self,
+        label: str,
+        delay: float | None,
+        *,
+        request_id: str | None = None,
+        unknown: timedelta | None = None,
+        scope: str | None = None,
+    ) -> ApiError:
         """The error for a rate limit, decided by what the server asked for, not by the error's name.
 
         ``delay`` (seconds) up to ``EMSYNC_RETRY_MAX_WAIT``: wait that long and
         retry; longer: ``RateLimited`` until then, without waiting. No delay:
         retry with backoff, or, when ``unknown`` is given (a daily quota that
-        named no time), ``RateLimited`` for that long.
+        named no time), ``RateLimited`` for that long. ``scope``: the quota's
+        scope when the platform named it (Google ``rateScope``: ACCOUNT,
+        DEVELOPER, PROJECT), carried on ``RateLimited``.
         """
         if delay is None:
             if unknown is not None:
-                return RateLimited(label, retry_at=self.clock.now() + unknown, request_id=request_id)
+                return RateLimited(label, retry_at=self.clock.now() + unknown, request_id=request_id, scope=scope)
             return RetryableError(label, rate_limit=True, request_id=request_id)
         if delay <= self.max_wait:
             return RetryableError(label, wait=delay, rate_limit=True, request_id=request_id)
@@ -126,6 +143,7 @@ class HttpClient:
             f"{label} (asked to wait {_duration(delay)}, longer than EMSYNC_RETRY_MAX_WAIT={self.max_wait:g}s)",
             retry_at=self.clock.now() + timedelta(seconds=delay),
             request_id=request_id,
+            scope=scope,
         )
 
     def retry_after(self, response) -> float | None:
@@ -161,10 +179,11 @@ class HttpClient:
             return RetryableError(label) if wait is None else self.rate_limited(label, wait)
         return FatalApiError(f"{label} without an error description{_snippet(response)}")
 
-    def _attempt(self, method: str, url: str, classify, kwargs) -> Any:
+    def _attempt(self, method: str, url: str, classify, kwargs, operation: bool) -> Any:
         import requests
 
         self.requests += 1
+        self.operations += operation
         try:
             response = self.session.request(method, url, timeout=(self.timeout, self.timeout), **kwargs)
         except requests.Timeout:
@@ -173,6 +192,7 @@ class HttpClient:
             raise RetryableError(f"connection to {_host(url)} failed: {_reason(exc)}") from None
         except requests.RequestException as exc:
             raise RetryableError(f"request to {_host(url)} failed: {_reason(exc)}") from None
+        self.last_headers = response.headers
         try:
             return classify(response)
         except requests.RequestException as exc:  # body cut off while reading

@@ -186,6 +186,86 @@ class SyncAttempt(SQLModel, table=True):
     error: str | None = None
 
 
+class Backfill(SQLModel, table=True):
+    """One integration's backfill progress: what was asked for and how far it got (``backfill_chunks`` holds the truth).
+
+    ``status``: running | paused (quota, rate limit or usage; see ``resume_after``) | failed | interrupted | done.
+    The counters are recomputed from the chunks after each chunk, so several processes may work on one backfill.
+    """
+
+    __tablename__ = "backfills"
+
+    integration_id: int = Field(sa_column=Column(Integer, ForeignKey("integrations.id", ondelete="CASCADE"), primary_key=True))
+    since: Date = Field(nullable=False)  # the earliest day asked for so far
+    until: Date = Field(nullable=False)  # the latest day asked for so far
+    status: str = Field(default="running", max_length=16, nullable=False)
+    chunks_total: int = Field(default=0, nullable=False)
+    chunks_done: int = Field(default=0, nullable=False)
+    next_since: Date | None = None  # the next chunk to fetch (newest first), None when none is left
+    next_until: Date | None = None
+    rows: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    requests: int = Field(default=0, nullable=False)
+    operations: int = Field(default=0, nullable=False)  # Google Ads operations spent on it
+    last_error: str | None = None
+    resume_after: datetime | None = None
+    host: str | None = Field(default=None, max_length=255)  # the process that last worked on it
+    pid: int | None = None
+    started_at: datetime = Field(default_factory=utcnow, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, nullable=False)
+    finished_at: datetime | None = None
+
+
+class BackfillChunk(SQLModel, table=True):
+    """One query's worth of history (a Meta month, a Google quarter), replaced in its own transaction.
+
+    A chunk is leased by one process at a time (``lease_token`` with ``lease_host``, ``lease_pid`` and
+    ``lease_until``); the transaction that saves it checks the token is still its own.
+    ``status``: pending | done.
+    """
+
+    __tablename__ = "backfill_chunks"
+    __table_args__ = (UniqueConstraint("integration_id", "since", name="uq_backfill_chunks_integration_since"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True))
+    integration_id: int = Field(sa_column=Column(Integer, ForeignKey("integrations.id", ondelete="CASCADE"), nullable=False))
+    since: Date = Field(nullable=False)
+    until: Date = Field(nullable=False)
+    status: str = Field(default="pending", max_length=16, nullable=False)
+    rows: int = Field(default=0, nullable=False)
+    requests: int = Field(default=0, nullable=False)
+    operations: int = Field(default=0, nullable=False)
+    attempts: int = Field(default=0, nullable=False)
+    last_error: str | None = None
+    lease_token: str | None = Field(default=None, max_length=64)
+    lease_host: str | None = Field(default=None, max_length=255)
+    lease_pid: int | None = None
+    lease_until: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow, nullable=False)
+    finished_at: datetime | None = None
+
+
+class GoogleOperation(SQLModel, table=True):
+    """The Google Ads operations ledger: insert-only, one row per batch of operations, summed per day.
+
+    ``day`` is Google's (America/Los_Angeles). ``source``: sync | backfill | check | connect.
+    A row with ``exhausted_scope`` set is a marker: a 429 RESOURCE_EXHAUSTED naming the developer
+    token's or the project's quota (``DEVELOPER``/``PROJECT``) stops spending for the rest of ``day``.
+    ``integration_id`` is kept without a foreign key: spent operations stay spent when an integration goes.
+    """
+
+    __tablename__ = "google_operations"
+    __table_args__ = (Index("ix_google_operations_day", "day"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True))
+    day: Date = Field(nullable=False)
+    operations: int = Field(default=0, nullable=False)
+    source: str = Field(max_length=16, nullable=False)
+    integration_id: int | None = None
+    exhausted_scope: str | None = Field(default=None, max_length=16)
+    host: str = Field(max_length=255, nullable=False)
+    recorded_at: datetime = Field(default_factory=utcnow, nullable=False)
+
+
 # SQLAlchemy Core handles for the data-access modules (store, campaign_rows, runs).
 users_t: Table = User.__table__  # type: ignore[attr-defined]
 integrations_t: Table = Integration.__table__  # type: ignore[attr-defined]
@@ -194,3 +274,6 @@ metrics_t: Table = CampaignMetric.__table__  # type: ignore[attr-defined]
 campaigns_t: Table = Campaign.__table__  # type: ignore[attr-defined]
 runs_t: Table = SyncRun.__table__  # type: ignore[attr-defined]
 attempts_t: Table = SyncAttempt.__table__  # type: ignore[attr-defined]
+backfills_t: Table = Backfill.__table__  # type: ignore[attr-defined]
+chunks_t: Table = BackfillChunk.__table__  # type: ignore[attr-defined]
+google_ops_t: Table = GoogleOperation.__table__  # type: ignore[attr-defined]

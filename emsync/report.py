@@ -6,13 +6,13 @@ import socket
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from . import campaign_rows, runs, store
+from . import budget, campaign_rows, ledger, runs, store
+from .backfill import chunks
 from .config import Settings
 from .db import describe_url
 from .domain import account_label
 
 TOKEN_WARNING = timedelta(days=7)
-CRON_RUNS_PER_DAY = 48  # */30 * * * *
 
 
 def integration_json(row: dict) -> dict:
@@ -96,19 +96,17 @@ def build_status(conn, settings: Settings, *, now: datetime | None = None) -> di
             warnings.append(f"{who}: {item['last_warning']}")
         integrations.append(item)
     recent = [_run_json(r, now, socket.gethostname()) for r in runs.recent_runs(conn, 10)]
-    google_active = sum(1 for r in rows if r["platform"] == "google" and r["is_active"])
-    needed = google_active * CRON_RUNS_PER_DAY
-    if needed > settings.google_ads_daily_operations:
-        warnings.append(
-            f"{google_active} active Google integrations × {CRON_RUNS_PER_DAY} runs a day = {needed} operations, "
-            f"over GOOGLE_ADS_DAILY_OPERATIONS ({settings.google_ads_daily_operations}): sync less often or raise the quota"
-        )
+    google = _google_operations(conn, settings, rows, now, warnings)
+    by_id = {row["id"]: row for row in rows}
+    backfills = [_backfill_json(b, by_id[b["integration_id"]], now) for b in chunks.progress_rows(conn) if b["integration_id"] in by_id]
     return {
         "database": describe_url(settings.database_url),
         "generated_at": now,
         "integrations": integrations,
         "last_run": recent[0] if recent else None,
         "runs": recent,
+        "google_operations": google,
+        "backfills": backfills,
         "warnings": warnings,
     }
 
@@ -121,10 +119,61 @@ class Problem(NamedTuple):
     text: str
 
 
+def _google_operations(conn, settings: Settings, rows: list[dict], now: datetime, warnings: list[str]) -> dict:
+    """The Google Ads budget (``budget``) and today's usage from the ledger, with warnings when the schedule cannot fit."""
+    plan = budget.google_budget(settings, sum(1 for r in rows if r["platform"] == "google" and r["is_active"]))
+    today = ledger.usage(conn, now)
+    if plan.spread:
+        warnings.append(
+            f"{plan.customers} active Google integrations × {budget.RUNS_PER_DAY} runs a day = {plan.needs} operations, over the "
+            f"{plan.regular} GOOGLE_ADS_DAILY_OPERATIONS leaves for regular runs: each is {plan.cadence} "
+            f"(every {plan.interval.total_seconds() / 60:.0f} minutes)"
+        )
+    if plan.customers and plan.regular < plan.customers:
+        warnings.append(f"{plan.regular} operations a day cannot sync {plan.customers} Google integrations even once: raise the quota")
+    if today["exhausted_until"] is not None:
+        warnings.append(
+            f"Google Ads operations for today are used up; Google integrations wait until {today['exhausted_until']:%Y-%m-%d %H:%M %Z}"
+        )
+    return {**plan.as_dict(), "today": today}
+
+
+def _backfill_json(row: dict, integration: dict, now: datetime) -> dict:
+    state = row["status"]
+    owner = {"host": row["host"], "pid": row["pid"], "heartbeat_at": row["updated_at"]}
+    if state == "running" and row["pid"] is not None and runs.looks_dead(owner, socket.gethostname(), now):
+        state = "died"
+    return {
+        "id": row["integration_id"],
+        "platform": integration["platform"],
+        "email": integration["email"],
+        "account": account_label(integration["platform"], integration["account_id"]),
+        "since": row["since"],
+        "until": row["until"],
+        "status": state,
+        "chunks_done": row["chunks_done"],
+        "chunks_total": row["chunks_total"],
+        "next_chunk": None if row["next_since"] is None else {"since": row["next_since"], "until": row["next_until"]},
+        "rows": row["rows"],
+        "requests": row["requests"],
+        "operations": row["operations"],
+        "resume_after": row["resume_after"],
+        "last_error": row["last_error"],
+        "updated_at": row["updated_at"],
+    }
+
+
 def check_problems(report: dict, settings: Settings, *, now: datetime | None = None) -> list[Problem]:
-    """One problem per active integration that needs attention, critical ones first."""
+    """One problem per active integration that needs attention, critical ones first, then the installation's own
+    (the Google budget syncing wider than EMSYNC_STALE_AFTER_MINUTES).
+
+    While Google integrations take turns (``budget``), one is stale only when it
+    missed its turn: older than the effective interval plus EMSYNC_STALE_AFTER_MINUTES.
+    """
     now = now or datetime.now(UTC)
     stale = timedelta(minutes=settings.stale_after_minutes)
+    google = report.get("google_operations") or {}
+    google_stale = stale + timedelta(minutes=google["effective_interval_minutes"]) if google.get("spread") else stale
     problems = []
     for item in report["integrations"]:
         if not item["is_active"]:
@@ -137,7 +186,8 @@ def check_problems(report: dict, settings: Settings, *, now: datetime | None = N
             problems.append(Problem(level, f"{who} is {item['status']}" + (f": {reason}" if reason else "")))
             continue
         since = item["last_synced_at"] or item["created_at"]
-        if since is not None and now - since > stale:
+        bound = google_stale if item["platform"] == "google" else stale
+        if since is not None and now - since > bound:
             minutes = int((now - since).total_seconds() // 60)
             what = "has not synced successfully" if item["last_synced_at"] else "has never synced"
             problems.append(
@@ -145,4 +195,18 @@ def check_problems(report: dict, settings: Settings, *, now: datetime | None = N
             )
         elif item.get("last_warning"):
             problems.append(Problem("warning", f"{who} synced with a warning: {item['last_warning'].splitlines()[0][:200]}"))
+    problems.extend(Problem("warning", text) for text in _budget_warnings(report, settings))
     return sorted(problems, key=lambda p: p.level != "critical")
+
+
+def _budget_warnings(report: dict, settings: Settings) -> list[str]:
+    """What ``status --check`` reports as WARNING: the Google budget spreads syncs wider than EMSYNC_STALE_AFTER_MINUTES."""
+    google = report.get("google_operations") or {}
+    minutes = google.get("effective_interval_minutes") or 0
+    if google.get("spread") and minutes > settings.stale_after_minutes:
+        return [
+            f"the Google Ads operations budget syncs each of {google['google_integrations']} Google integrations every "
+            f"{minutes:.0f} minutes, more than EMSYNC_STALE_AFTER_MINUTES ({settings.stale_after_minutes}): raise "
+            "GOOGLE_ADS_DAILY_OPERATIONS (a higher access level) or accept the interval"
+        ]
+    return []

@@ -21,13 +21,15 @@ STALE_RUN = timedelta(minutes=5)
 
 @dataclass(frozen=True, slots=True)
 class DueIntegration:
-    """An integration a run will try, with what its log lines name, and when its last successful sync started."""
+    """An integration a run will try, with what its log lines name, when its last successful sync started (freshness)
+    and when it was last attempted (the Google budget's turns)."""
 
     id: int
     platform: str
     account_id: str
     email: str
     last_sync_started_at: datetime | None = None
+    last_attempt_at: datetime | None = None
 
 
 def pid_alive(pid: int) -> bool:
@@ -129,6 +131,7 @@ def due_integrations(conn, *, email: str | None, platform: str | None, include_r
             integrations_t.c.account_id,
             users_t.c.email,
             integrations_t.c.last_sync_started_at,
+            integrations_t.c.last_attempt_at,
         )
         .join(users_t, users_t.c.id == integrations_t.c.user_id)
         .where(integrations_t.c.is_active.is_(True))
@@ -148,7 +151,7 @@ def due_integrations(conn, *, email: str | None, platform: str | None, include_r
         query = query.where(users_t.c.email == email)
     if platform is not None:
         query = query.where(integrations_t.c.platform == platform)
-    return [DueIntegration(r.id, r.platform, r.account_id, r.email, r.last_sync_started_at) for r in conn.execute(query)]
+    return [DueIntegration(r.id, r.platform, r.account_id, r.email, r.last_sync_started_at, r.last_attempt_at) for r in conn.execute(query)]
 
 
 def recent_runs(conn, limit: int = 10) -> list[dict]:

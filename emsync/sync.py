@@ -6,12 +6,13 @@ The path of one integration, top to bottom in ``Syncer``:
                    skip it if another run just synced it (start-time rule, freshness)
     _attempt       then
       _fetch         _prepare → account_info (first sync; Meta: every full sync) → fetch(window)
-        _prepare       under the credential's lock: re-read the credential (store.py), decrypt its
+        _prepare       (access.py) under the credential's lock: re-read the credential (store.py), decrypt its
                        Credentials, connector.prepare (refresh or renew; Meta: debug_token once a
                        day), save what changed at once
       _save_success  one write transaction: the claim fenced (still ours?), the window (campaign_rows.py),
-                     the attempt record (runs.py), the integration's status and warning (store.py)
-      _save_failure  one write transaction: the claim fenced, the attempt, the failing status
+                     the attempt record (runs.py), its Google operations (ledger.py), the integration's
+                     status and warning (store.py)
+      _save_failure  one write transaction: the claim fenced, the attempt, its operations, the failing status
 
 Integrations share credentials (one Google login, one Meta user): a Google
 access token is refreshed once per credential and cached on it for every
@@ -26,6 +27,11 @@ written once, at the end.
 A side step (token renewal, debug_token, re-reading account metadata already
 stored) that fails never fails a sync that can succeed: the connector or the
 engine turns it into a warning, and warnings end on ``last_warning``.
+
+Which integrations a run takes is ``runs.due_integrations``; a sync-all then
+lets Google integrations take turns when the day's operations cannot cover
+every run (``budget.take_turns``), and no Google integration is tried once a
+429 said the project's operations for the day are gone (``ledger``).
 
 Each integration is independent: its own claim, its own transaction, its own
 error. Whatever goes wrong for one integration — claim, fetch, write, even
@@ -45,13 +51,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from . import campaign_rows, runs, store
+from . import access, budget, campaign_rows, ledger, runs, store
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
 from .connectors.base import side_step_warning
 from .crypto import TokenBox
 from .db import make_engine, write_transaction
-from .domain import AccountInfo, Connector, Credentials, Fetched, IntegrationState, SyncWindow, account_label
+from .domain import AccountInfo, Credentials, Fetched, IntegrationState, SyncWindow, account_label
 from .errors import AccountClosed, ApiError, EmsyncError, NeedsReauth, RateLimited
 from .healthcheck import Healthcheck
 from .heartbeat import Heartbeat
@@ -208,16 +214,6 @@ def window_for(state: IntegrationState, settings: Settings, *, force_full: bool,
     return SyncWindow(since=today - timedelta(days=days - 1), until=today, full=full)
 
 
-def make_connector(platform: str, settings: Settings, api: HttpClient, clock: Clock) -> Connector:
-    if platform == "meta":
-        from .connectors.meta import MetaConnector
-
-        return MetaConnector(settings, api, clock)
-    from .connectors.google import GoogleConnector
-
-    return GoogleConnector(settings, api, clock)
-
-
 def describe_failure(exc: BaseException) -> str:
     """One redacted line for ``last_error``: emsync's own message, or the type and text of a surprise."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -266,11 +262,10 @@ class Syncer:
         self.on_result = on_result or (lambda result: None)
         self.on_start = on_start or (lambda due: None)
         self.host = socket.gethostname()
+        self.google_exhausted: datetime | None = None  # set when a 429 says the project's operations for the day are gone
+        self._google_lock = threading.Lock()
         register_secret(*settings.secrets())
-        self._credential_locks: dict[int, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-        self._refused: dict[int, str] = {}  # credential id -> why the platform refused it in this run
-        self._side_warnings: dict[int, tuple[str, ...]] = {}  # credential id -> its failed side steps in this run
+        self.access = access.CredentialAccess(db_engine, self.box)
 
     # ---------------------------------------------------------------- a run
 
@@ -313,17 +308,31 @@ class Syncer:
     def _run(self, options: SyncOptions, opened: RunResult | None) -> RunResult:
         clock = time.monotonic()
         result = opened or self.open_run(options)
-        self._refused.clear()
-        self._side_warnings.clear()
+        self.access.new_run()
         try:
             fresh_after = self._fresh_after(options, result.started_at)
             with self.db.begin() as conn:
                 due = runs.due_integrations(
                     conn, email=options.email, platform=options.platform, include_reauth=options.email is not None, now=result.started_at
                 )
+                plan = budget.google_budget(self.settings, budget.active_google(conn))
+                self.google_exhausted = ledger.exhausted_until(conn, result.started_at)
             result.due = len(due)
             log.info("Found %d active integrations%s", len(due), f" for {options.email}" if options.email else "")
             self.on_start(len(due))
+            waiting: list[tuple[DueIntegration, datetime]] = []
+            if options.email is None:  # sync-user is a person pressing "Sync Data": no turns for them
+                due, waiting = budget.take_turns(due, plan, result.started_at)
+            if waiting:
+                log.info(
+                    "%d Google integrations wait for their turn (%d syncs a day each fit the budget)", len(waiting), plan.syncs_per_day
+                )
+            for item, turn in waiting:
+                skipped = IntegrationResult(item.id, item.platform, item.email, item.account_id, status="skipped", retry_at=turn)
+                reason = f"Google Ads operations budget: {plan.cadence}; next turn {turn:%Y-%m-%d %H:%M} UTC"
+                result.results.append(self._skip(skipped, reason, quiet=True))
+                log.debug("Skipping %s (%s): %s", item.email, skipped.label, reason)
+                self.on_result(skipped)
             fresh = [item for item in due if _is_fresh(item.last_sync_started_at, fresh_after)]
             for item in fresh:  # judged from the selection: no claim, no round trip
                 skipped = IntegrationResult(item.id, item.platform, item.email, item.account_id, status="skipped")
@@ -403,6 +412,11 @@ class Syncer:
                     return self._skip(result, "already synced by another run")
                 if _is_fresh(state.last_sync_started_at, fresh_after):  # another host synced it since the selection
                     return self._skip(result, _fresh_reason(state.last_sync_started_at))
+                if state.platform == "google" and self.google_exhausted is not None:
+                    result.retry_at = self.google_exhausted
+                    return self._skip(
+                        result, f"Google Ads operations for today are used up; next try after {self.google_exhausted:%Y-%m-%d %H:%M} UTC"
+                    )
                 log.info("Syncing %s for %s (%s)...", item.platform, item.email, result.label)
                 self._attempt(state, claim, result, run.run_id, options, session)
         except Exception as exc:
@@ -428,7 +442,7 @@ class Syncer:
         try:
             self._fetch(state, work, api, force_full=options.full, now=started)
             result.window = work.window
-            result.rows = self._save_success(state, work, run_id, started, api.requests)
+            result.rows = self._save_success(state, work, run_id, started, api)
             result.status = "ok"
         except Exception as exc:
             result.window = work.window
@@ -441,7 +455,8 @@ class Syncer:
                 log.debug("unexpected failure syncing %s", state.label, exc_info=True)
             if not isinstance(exc, LeaseLost):  # the integration is another process's now: record nothing on it
                 try:
-                    self._save_failure(state, work, result, run_id, started, api.requests)
+                    scope = exc.scope if isinstance(exc, RateLimited) and state.platform == "google" else None
+                    self._save_failure(state, work, result, run_id, started, api, quota_scope=scope)
                 except Exception as again:  # noqa: BLE001 - e.g. the database is gone: say so, never drop the result
                     result.error = f"{result.error} (not recorded: {describe_failure(again)})"
         result.warnings = work.warnings
@@ -452,8 +467,8 @@ class Syncer:
         """Decrypt, prepare the credentials, learn the account (once; Meta: on every full-window sync), read the
         window. Fills ``work`` as it goes; side steps that fail become ``work.warnings``."""
         creds = work.creds
-        connector = make_connector(state.platform, self.settings, api, self.clock)
-        work.warnings.extend(self._prepare(state, connector, creds))
+        connector = access.make_connector(state.platform, self.settings, api, self.clock)
+        work.warnings.extend(self.access.prepare(state, connector, creds))
         known = state.currency is not None or state.time_zone is not None
         full = needs_full_window(state, self.settings, force_full=force_full, now=now)
         if not known or (full and connector.reads_account_on_full_sync):
@@ -473,55 +488,9 @@ class Syncer:
         work.fetched = connector.fetch(state.account, work.window, creds)
         work.warnings.extend(work.fetched.warnings)
 
-    def _prepare(self, state: IntegrationState, connector: Connector, creds: Credentials) -> list[str]:
-        """Fill ``creds`` from the credential, refreshed or renewed when due, once for all its integrations;
-        returns the warnings of side steps that failed (a renewal, debug_token) without stopping the sync.
-
-        Under the credential's lock the row is read again: another thread may have refreshed it a
-        moment ago. A refresh or renewal is saved at once, so the threads that wait find it. A side
-        step that failed is not tried again in the same run (its warning goes on every integration).
-
-        Raises:
-            NeedsReauth: the platform refused the credential (now, or earlier in this run).
-        """
-        credential_id = state.credential_id
-        with self._lock_for(credential_id):
-            refused = self._refused.get(credential_id)
-            if refused is not None:
-                raise NeedsReauth(refused)
-            with self.db.begin() as conn:
-                stored = store.credential_state(conn, credential_id)
-            if stored is None:
-                raise NeedsReauth("the integration's credential was removed: connect the account again")
-            creds.access_token = self.box.decrypt(stored.access_token_enc)
-            creds.refresh_token = self.box.decrypt(stored.refresh_token_enc)
-            creds.cached_access_token = self.box.decrypt(stored.cached_access_token_enc)
-            creds.token_expires_at = stored.token_expires_at
-            creds.cached_access_token_expires_at = stored.cached_access_token_expires_at
-            creds.data_access_expires_at = stored.data_access_expires_at
-            creds.token_checked_at = stored.token_checked_at
-            register_secret(*creds.secrets())
-            earlier = self._side_warnings.get(credential_id)
-            if earlier is not None:
-                return list(earlier)
-            try:
-                warnings = list(connector.prepare(state.account, creds))
-            except NeedsReauth as exc:
-                self._refused[credential_id] = str(exc)
-                raise
-            if creds.changed:
-                with write_transaction(self.db) as conn:
-                    store.save_tokens(conn, self.box, credential_id, creds)
-            if warnings:
-                self._side_warnings[credential_id] = tuple(warnings)
-            return warnings
-
-    def _lock_for(self, credential_id: int) -> threading.Lock:
-        with self._locks_guard:
-            return self._credential_locks.setdefault(credential_id, threading.Lock())
-
-    def _save_success(self, state: IntegrationState, work: _Fetch, run_id: int, started: datetime, requests: int) -> int:
-        """One write transaction: what the connector learnt, the window, the attempt, the status. Returns rows written."""
+    def _save_success(self, state: IntegrationState, work: _Fetch, run_id: int, started: datetime, api: HttpClient) -> int:
+        """One write transaction: what the connector learnt, the window, the attempt and its operations, the status.
+        Returns rows written."""
         assert work.window is not None and work.fetched is not None
         currency = work.info.currency if work.info else state.currency
         link_ratios = state.platform == "meta" and self.settings.meta_clicks == "link"
@@ -541,17 +510,30 @@ class Syncer:
                 finished_at=finished,
                 status="ok",
                 rows=rows,
-                api_requests=requests,
+                api_requests=api.requests,
                 error=None,
             )
+            ledger.record(conn, operations=api.operations, source="sync", now=finished, integration_id=state.id)
             store.mark_success(conn, state.id, started_at=started, finished_at=finished, full=work.window.full, warning=_joined(warnings))
         work.warnings = warnings
         return rows
 
     def _save_failure(
-        self, state: IntegrationState, work: _Fetch, result: IntegrationResult, run_id: int, started: datetime, requests: int
+        self,
+        state: IntegrationState,
+        work: _Fetch,
+        result: IntegrationResult,
+        run_id: int,
+        started: datetime,
+        api: HttpClient,
+        *,
+        quota_scope: str | None = None,
     ) -> None:
-        """One write transaction: a renewed token must survive the failure; the attempt and the failing status."""
+        """One write transaction: a renewed token must survive the failure; the attempt, its operations, the failing status.
+
+        A Google 429 naming the developer token's or the project's quota (``quota_scope``) also marks the day
+        exhausted in the ledger, and this run tries no other Google integration.
+        """
         error = result.error or result.status
         with write_transaction(self.db) as conn:
             try:
@@ -570,9 +552,13 @@ class Syncer:
                 finished_at=finished,
                 status=result.status,
                 rows=0,
-                api_requests=requests,
+                api_requests=api.requests,
                 error=error,
             )
+            ledger.record(conn, operations=api.operations, source="sync", now=finished, integration_id=state.id)
+            if quota_scope and ledger.mark_exhausted(conn, scope=quota_scope, source="sync", now=finished, integration_id=state.id):
+                with self._google_lock:
+                    self.google_exhausted = ledger.next_day_start(finished)
             closed = result.retry_at if result.status == "error" else None  # an account closed upstream: back off a day
             store.mark_failure(
                 conn,
@@ -587,8 +573,7 @@ class Syncer:
 
     def _remember(self, conn, state: IntegrationState, work: _Fetch) -> None:
         """Persist a token refreshed during the fetch (a Google 401) and first-sync account metadata, inside the caller's transaction."""
-        if work.creds.changed:
-            store.save_tokens(conn, self.box, state.credential_id, work.creds)
+        self.access.save(conn, state, work.creds)
         if work.info is not None:
             store.save_account_info(
                 conn, state.id, currency=work.info.currency, time_zone=work.info.time_zone, name=work.info.name, now=self.clock.now()

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import subprocess
+import sys
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -18,10 +23,18 @@ def window(sb, platform: str, account: str, days: int) -> tuple[date, date]:
 
 def expected(sb, platform: str, account: str, days: int = 30, *, version: int = 0, purchase_source: str = "standard") -> dict:
     """(campaign_id, date) -> (spend, impressions, clicks, conversions, revenue) as the API returned them."""
-    cfg = sb.account(platform, account)
     since, until = window(sb, platform, account, days)
+    return expected_between(sb, platform, account, since, until, version=version, purchase_source=purchase_source)
+
+
+def expected_between(
+    sb, platform: str, account: str, since: date, until: date, *, version: int = 0, purchase_source: str = "standard"
+) -> dict:
+    """``expected`` for any dates (a backfill's range): what the sandbox serves for [since, until]."""
+    cfg = sb.account(platform, account)
+    today = sb.today(cfg["timezone"])
     out = {}
-    for s in day_stats(sb.scenario["seed"], platform, account, int(cfg["campaigns"]), since, until, today=until, version=version):
+    for s in day_stats(sb.scenario["seed"], platform, account, int(cfg["campaigns"]), since, until, today=today, version=version):
         if platform == "meta":
             spend = Decimal(s.spend_cents) / 100
             has_purchases = s.purchases and purchase_source != "none"
@@ -73,3 +86,29 @@ def quantized(exp: dict) -> dict:
 
 def integration(cli, integration_id: int) -> dict:
     return next(i for i in json.loads(cli("integrations", "list", "--json").out) if i["id"] == integration_id)
+
+
+def on_terminal(*args: str) -> tuple[int, str]:
+    """Run `emsync ARGS...` with a pseudo-terminal for stdin, stdout and stderr; (exit code, the screen without escapes)."""
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emsync", *args],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
+        close_fds=True,
+    )
+    os.close(secondary)
+    output = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        output.append(data)
+    proc.wait(timeout=60)
+    os.close(primary)
+    return proc.returncode, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(output).decode("utf-8", "replace"))

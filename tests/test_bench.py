@@ -45,3 +45,23 @@ def test_steady_run_is_one_request_per_integration():
     # the steady run re-reads the recent days only (rows, not seconds: speed is measured in bench/, never asserted here)
     assert 0 < report["rows"] < report["full_run_rows"] / 5
     assert "steady_over_full" in report
+
+
+def test_backfill_bench_reports_requests_operations_and_a_free_rerun():
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "backfill_bench.py"),
+            *("--no-save", "--json", "--latency-ms", "0", "--concurrency", "2", "--integrations", "2", "--months", "4"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["complete"] and report["rows"] > 1000 and report["wall_s"] > 0
+    kinds = report["requests_by_kind"]
+    assert report["google_operations"] == kinds["google.search_stream"], "the ledger agrees with the sandbox"
+    assert kinds["meta.insights"] >= 4 and kinds["google.search_stream"] >= 3, "a month per Meta query, a quarter per Google one"
+    assert report["rerun_requests"] == report["rerun_chunks"] == 0, "a finished backfill costs no request"

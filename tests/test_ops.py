@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
 import shlex
 import subprocess
@@ -21,6 +20,7 @@ from emsync import logs
 from emsync.config import SETTING_NAMES, load_settings
 
 from .conftest import ROOT, add_google, add_meta
+from .helpers import on_terminal
 
 pytestmark = pytest.mark.usefixtures("any_db")
 
@@ -90,7 +90,8 @@ def test_google_quota_warning(cli, monkeypatch):
     assert json.loads(cli("status", "--json").out)["warnings"] == [], "2 × 48 = 96 operations fit in 100"
     add_google(cli, "a@example.com", "3333333333", "1//c")
     warnings = json.loads(cli("status", "--json").out)["warnings"]
-    assert "3 active Google integrations × 48 runs a day = 144" in warnings[0] and "GOOGLE_ADS_DAILY_OPERATIONS (100)" in warnings[0]
+    assert "3 active Google integrations × 48 runs a day = 144 operations, over the 100" in warnings[0]
+    assert "each is synced 33 times a day (every 44 minutes)" in warnings[0]
 
 
 @pytest.mark.parametrize(
@@ -234,29 +235,8 @@ def test_progress_bar_and_result_lines_on_a_terminal(cli, make_sandbox):
     make_sandbox({"meta_accounts": {"2": {"faults": [{"kind": "permission"}]}}})
     add_meta(cli, account="act_1")
     add_meta(cli, account="act_2", token="EAABtoken-2")
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "emsync", "sync-all"],
-        stdin=secondary,
-        stdout=secondary,
-        stderr=secondary,
-        env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
-        close_fds=True,
-    )
-    os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            data = os.read(primary, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(timeout=60)
-    os.close(primary)
-    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
-    assert proc.returncode == 1
+    code, screen = on_terminal("sync-all")
+    assert code == 1
     assert "✓ meta anna@example.com act_1" in screen and "✗ meta anna@example.com act_2" in screen
     assert "Sync completed: 1 success, 1 failed" in screen
     assert "INFO" not in screen and "ERROR" not in screen, "a terminal gets the progress display, not log lines"

@@ -19,7 +19,7 @@ def status(
     ] = False,
     show_all: Annotated[bool, typer.Option("--all", help="List every integration even above 200 (the default is a summary).")] = False,
 ) -> None:
-    """What was synced when, what failed and why, token expiry, recent runs.
+    """What was synced when, what failed and why, token expiry, recent runs, backfills, Google Ads operations today.
 
     Above 200 integrations the table is a summary (counts, the problems, the oldest success); --all lists every one.
 

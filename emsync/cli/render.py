@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import UTC, datetime
 
 from rich.console import Console
@@ -180,8 +181,45 @@ def _print_runs_and_warnings(console: Console, report: dict) -> None:
             str(r["rows"]),
         )
     console.print(runs)
+    _print_backfills(console, report.get("backfills") or [])
+    google = report.get("google_operations")
+    if google and google["google_integrations"]:
+        today = google["today"]
+        by_source = ", ".join(f"{source} {n}" for source, n in today["by_source"].items()) or "none yet"
+        console.print(
+            f"Google Ads operations today ({today['day']}, Pacific time): {today['used']} of {google['daily_operations']} "
+            f"({by_source}); each Google integration synced every {google['effective_interval_minutes']:g} minutes; "
+            f"backfills may spend {google['backfill_share']} a day",
+            highlight=False,
+        )
     for warning in report["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")
+
+
+def _print_backfills(console: Console, backfills: list[dict]) -> None:
+    """Backfills not finished (in progress, paused, failed, died)."""
+    open_ = [b for b in backfills if b["status"] != "done"]
+    if not open_:
+        return
+    table = Table(title="Backfills in progress")
+    for col in ("id", "user", "platform", "account", "range", "status", "chunks", "rows", "next chunk", "resume after", "last error"):
+        table.add_column(col, overflow="fold")
+    for b in open_:
+        following = b["next_chunk"]
+        table.add_row(
+            str(b["id"]),
+            b["email"],
+            b["platform"],
+            b["account"],
+            f"{b['since']}..{b['until']}",
+            b["status"],
+            f"{b['chunks_done']}/{b['chunks_total']}",
+            str(b["rows"]),
+            f"{following['since']}..{following['until']}" if following else "—",
+            b["resume_after"].strftime("%Y-%m-%d %H:%M") if b["resume_after"] else "—",
+            _one_line(b["last_error"], 60),
+        )
+    console.print(table)
 
 
 class SyncProgress:
@@ -231,3 +269,85 @@ def print_run(result) -> None:
     console = Console()
     style = "green" if not result.failed else "red"
     console.print(f"[{style}]{result.summary()}[/]")
+
+
+# ---------------------------------------------------------------- backfill
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "ETA —"
+    seconds = int(seconds)
+    return f"ETA {seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class BackfillProgress:
+    """One progress bar per integration on stderr: chunks done of total, rows, ETA."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"), console=self.console
+        )
+        self.tasks: dict[int, object] = {}
+        self.progress.start()
+
+    def update(self, item) -> None:
+        detail = f"{item.rows:,} rows  {_eta(item.eta_s)}" if item.status == "running" else f"{item.rows:,} rows  {item.status}"
+        task = self.tasks.get(item.integration_id)
+        if task is None:
+            task = self.tasks[item.integration_id] = self.progress.add_task(
+                f"{item.platform} {item.label} {item.email}", total=item.chunks_total or None, detail=detail
+            )
+        self.progress.update(task, total=item.chunks_total or None, completed=item.chunks_done, detail=detail)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+    def log_handler(self, verbose: bool) -> logging.Handler:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=self.console, show_path=False, markup=False)
+        handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+        return handler
+
+
+def print_backfill_plan(result) -> None:
+    """The dry run: each integration's chunks, what they would cost."""
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console.print("[bold]Backfill plan[/] (dry run: nothing fetched, nothing written)", highlight=False)
+    for item in result.integrations:
+        to_fetch = [c for c in item.chunks if c["state"] != "done"]
+        line = f"{item.platform} {item.label} {item.email}: "
+        if item.since is None or item.until is None or item.since > item.until:
+            console.print(line + "nothing before the regular window in that range", highlight=False)
+        else:
+            line += (
+                f"{item.since}..{item.until}, {len(item.chunks)} chunks ({len(to_fetch)} to fetch, {len(item.chunks) - len(to_fetch)} done)"
+            )
+            line += f": at least {item.expected_requests} requests"
+            if item.platform == "google":
+                line += f", {item.expected_operations} Google Ads operations"
+            console.print(line, highlight=False)
+        for warning in item.warnings:
+            console.print(f"  [yellow]warning:[/] {warning}", highlight=False)
+        for chunk in item.chunks:
+            console.print(f"  {chunk['since']}..{chunk['until']}  {chunk['state']}", highlight=False)
+    console.print(result.summary(), highlight=False)
+
+
+def print_backfill(result) -> None:
+    """After a run: one line per integration that did not simply finish, then the summary."""
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    for item in result.integrations:
+        for warning in item.warnings:
+            console.print(f"[yellow]warning:[/] {item.platform} {item.label}: {warning}", highlight=False)
+        if item.status == "failed":
+            console.print(f"[red]✗[/] {item.platform} {item.label} {item.email}: failed: {_one_line(item.error, 120)}", highlight=False)
+        elif item.status not in ("done",):
+            when = f"; resume after {item.resume_after:%Y-%m-%d %H:%M} UTC" if item.resume_after else ""
+            console.print(f"[yellow]-[/] {item.platform} {item.label} {item.email}: {item.status}: {item.reason}{when}", highlight=False)
+    style = "red" if result.failed else ("green" if result.complete else "yellow")
+    console.print(f"[{style}]{result.summary()}[/]", highlight=False)

@@ -92,6 +92,15 @@ def _retry_delay(error: dict) -> float | None:
     return None
 
 
+def _rate_scope(failures: list[dict]) -> str | None:
+    """Whose quota a QuotaError names (``quotaErrorDetails.rateScope``: ACCOUNT, DEVELOPER, PROJECT)."""
+    for failure in failures:
+        scope = ((failure.get("details") or {}).get("quotaErrorDetails") or {}).get("rateScope")
+        if scope:
+            return str(scope)
+    return None
+
+
 def _failures(error: dict) -> tuple[list[dict], str | None]:
     failures: list[dict] = []
     request_id = None
@@ -214,7 +223,9 @@ class GoogleConnector(HttpConnector):
             # What the server asks decides, not the error's name: a short retryDelay is waited for either way.
             delay = _retry_delay(error) or retry_after
             daily = "RESOURCE_EXHAUSTED" in codes and "RESOURCE_TEMPORARILY_EXHAUSTED" not in codes
-            raise self.api.rate_limited(label, delay, request_id=request_id, unknown=UNKNOWN_QUOTA_DELAY if daily else None)
+            raise self.api.rate_limited(
+                label, delay, request_id=request_id, unknown=UNKNOWN_QUOTA_DELAY if daily else None, scope=_rate_scope(failures)
+            )
         if code in (500, 502, 503, 504) or status in ("INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
             raise RetryableError(label, request_id=request_id)
         if "CUSTOMER_NOT_ENABLED" in codes:
@@ -248,7 +259,12 @@ class GoogleConnector(HttpConnector):
             if s.google_ads_developer_token:
                 headers["developer-token"] = s.google_ads_developer_token
             return self.api.send(
-                "POST", url, json={"query": query}, headers=headers, classify=lambda response: self._classify(response, account)
+                "POST",
+                url,
+                json={"query": query},
+                headers=headers,
+                classify=lambda response: self._classify(response, account),
+                operation=True,  # every searchStream is one operation of the daily quota, answered or not
             )
 
         try:

@@ -11,8 +11,10 @@ directly (``{"resourceNames": ["customers/123…"]}``) and ignores
 "descriptiveName", "manager", "level", "status", "currencyCode",
 "timeZone"}}``, int64 as strings, false and 0 possibly left out), and for any
 other customer just itself. Each call is one Google Ads API operation;
-``operations`` counts them so a ledger can record them (retries of a failed
-call are not counted).
+``operations`` counts the calls (retries of a failed call are not counted),
+and the ``HttpClient``'s own ``operations`` every request sent, retries
+included: what the ledger records (``ledger.record(conn, operations=
+http.operations, source="connect")``).
 
 The error parsing repeats what ``connectors/google.py`` does for syncs; it
 should live once when that module's refactor settles.
@@ -103,6 +105,7 @@ def list_accessible_customers(http: HttpClient, api: GoogleAdsApi) -> list[str]:
         f"{api.api_url}/{api.version}/customers:listAccessibleCustomers",
         headers=api.headers(None),
         classify=lambda r: _classify_google(r, http.max_wait),
+        operation=True,  # counted in http.operations for the ledger (source "connect" or "check")
     )
     names = (body.get("resourceNames") or []) if isinstance(body, dict) else []  # proto3 JSON: {} when empty
     return [str(name).rsplit("/", 1)[-1] for name in names]
@@ -126,6 +129,7 @@ def customer_clients(
         json={"query": query},
         headers=api.headers(login),
         classify=lambda r: _classify_google(r, http.max_wait),
+        operation=True,
     )
     rows = []
     for batch in batches if isinstance(batches, list) else [batches]:

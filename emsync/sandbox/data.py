@@ -27,6 +27,15 @@ class DayStats:
     fractional_conversions: float  # Google's data-driven attribution gives fractions
 
 
+def months_before(day: date, months: int) -> date:
+    """The same day of the month ``months`` earlier (the month's last day when it is shorter)."""
+    index = day.year * 12 + day.month - 1 - months
+    year, month = divmod(index, 12)
+    month += 1
+    following = date(year + (month == 12), month % 12 + 1, 1)
+    return date(year, month, min(day.day, (following - timedelta(days=1)).day))
+
+
 def campaign_ids(platform: str, account_id: str, count: int) -> list[tuple[str, str]]:
     rng = random.Random(f"campaigns:{platform}:{account_id}")
     base = 23850000000000000 if platform == "meta" else 17000000000

@@ -115,6 +115,9 @@ def list_accessible(sb: Sandbox, req: Request) -> tuple[str, str | None, Respons
     problem, user = _authenticate(sb, req, version)
     if problem is not None:  # a unary call: the error is an object, not inside an array
         return "google.list_accessible", None, Response(problem["error"]["code"], problem)
+    if not sb.spend_google_operation():
+        exhausted = _project_exhausted(version)
+        return "google.list_accessible", None, Response(429, exhausted.body[0])  # type: ignore[index]
     ids = user["accessible"] if user is not None and "accessible" in user else _roots(sb)
     body = {"resourceNames": [f"customers/{i}" for i in ids]} if ids else {}  # proto3 JSON leaves out an empty list
     return "google.list_accessible", None, Response(200, body)
@@ -184,6 +187,8 @@ def _search(sb: Sandbox, req: Request, version: str, customer: str, query: str |
     common = apply_common_faults(sb, "google", customer, endpoint)
     if common is not None:
         return common
+    if not sb.spend_google_operation():
+        return _project_exhausted(version)
     fault = sb.take_fault(
         "google",
         customer,
@@ -239,11 +244,21 @@ def _fault(version: str, fault: dict) -> Response | None:
             int(fault.get("retry_seconds", 2)),
         )
     if kind == "quota_exhausted":
+        scope = str(fault.get("scope", "DEVELOPER"))
+        if scope == "ACCOUNT":
+            return _quota_error(
+                version,
+                "RESOURCE_EXHAUSTED",
+                "Too many requests for this customer. Retry in a few hours.",
+                "ACCOUNT",
+                "Requests per customer per day",
+                int(fault.get("retry_seconds", 40591)),
+            )
         return _quota_error(
             version,
             "RESOURCE_EXHAUSTED",
             "Number of operations for basic access has been exceeded.",
-            "DEVELOPER",
+            scope,
             "Number of operations for basic access",
             int(fault.get("retry_seconds", 40591)),
         )
@@ -290,6 +305,18 @@ def _fault(version: str, fault: dict) -> Response | None:
             ],
         )
     return None
+
+
+def _project_exhausted(version: str) -> Response:
+    """What Google answers once the developer token's daily operations (``google_daily_operations``) are spent."""
+    return _quota_error(
+        version,
+        "RESOURCE_EXHAUSTED",
+        "Number of operations for basic access has been exceeded.",
+        "DEVELOPER",
+        "Number of operations for basic access",
+        40591,
+    )
 
 
 def _dates(query: str, today: date) -> tuple[date, date] | None:
@@ -355,6 +382,7 @@ def _answer(sb: Sandbox, version: str, customer: str, account: dict, query: str)
             {"queryError": "EXPECTED_FILTERS_ON_DATE_RANGE"},
             "A date range must be specified in the WHERE clause when segments.date is selected.",
         )
+    sb.wait_if_held(span[0])
     version_n = sb.next_call("google", customer, "restate") if account.get("restate") else 0
     stats = day_stats(sb.scenario["seed"], "google", customer, int(account["campaigns"]), span[0], span[1], today=today, version=version_n)
     customer_fields = {_camel(f.split(".", 1)[1]) for f in fields if f.startswith("customer.")}

@@ -14,7 +14,7 @@ import time
 from datetime import date, timedelta
 from urllib.parse import urlencode
 
-from .data import day_stats
+from .data import day_stats, months_before
 from .meta_discovery import token_invalid
 from .meta_query import action as _action
 from .meta_query import attributed as _attributed
@@ -44,6 +44,7 @@ INSIGHT_FIELDS = {
 PURCHASE_TYPES = ("omni_purchase", "purchase", "offsite_conversion.fb_pixel_purchase")
 # What campaign.effective_status accepts in `filtering`; any other value fails the query (100/1487561).
 CAMPAIGN_STATUSES = {"ACTIVE", "PAUSED", "DELETED", "ARCHIVED", "IN_PROCESS", "WITH_ISSUES"}
+RETENTION_MONTHS = 37  # Insights API: "The start date of the time range cannot be beyond 37 months from the current date"
 
 
 def error(
@@ -265,7 +266,8 @@ def _query_error(params: dict) -> Response | None:
     return None
 
 
-def _range(params: dict) -> tuple[date, date] | Response:
+def _range(params: dict, today: date) -> tuple[date, date] | Response:
+    """The query's ``time_range``, or Meta's error for a malformed one or one older than 37 months (code 3018)."""
     try:
         spec = json.loads(params.get("time_range", ""))
         since, until = date.fromisoformat(spec["since"]), date.fromisoformat(spec["until"])
@@ -273,6 +275,8 @@ def _range(params: dict) -> tuple[date, date] | Response:
         return error(400, 100, "(#100) Must be a valid json object with since and until fields: time_range")
     if since > until:
         return error(400, 100, "(#100) Invalid time range: since must be before until")
+    if since < months_before(today, RETENTION_MONTHS):
+        return error(400, 3018, "(#3018) The start date of the time range cannot be beyond 37 months from the current date")
     return since, until
 
 
@@ -312,15 +316,26 @@ def insights(sb: Sandbox, req: Request, account_id: str, account: dict) -> Respo
     if isinstance(asked, Response):
         return asked
     if req.method == "POST":
-        return start_report(sb, req, account_id)
-    span = _range(params)
+        return start_report(sb, req, account_id, account)
+    span = _range(params, sb.today(account["timezone"]))
     if isinstance(span, Response):
         return span
     if params.get("time_increment") != "1":
         return error(400, 100, "(#100) emsync sandbox only serves time_increment=1")
-    if sb.take_fault("meta", account_id, "insights", ("reduce_data",)):
+    if not params.get("after"):
+        sb.wait_if_held(span[0])
+    if sb.take_fault("meta", account_id, "insights", ("reduce_data",)) or _too_much(sb, account_id, account, span):
         return error(500, 1, "Please reduce the amount of data you're asking for, then retry your request")
     return _page(sb, req, account_id, account, params, span)
+
+
+def _too_much(sb: Sandbox, account_id: str, account: dict, span: tuple[date, date]) -> bool:
+    """A synchronous query over more rows than the account's ``max_sync_rows``: a large account's long range."""
+    limit = account.get("max_sync_rows")
+    if limit is None:
+        return False
+    today = sb.today(account["timezone"])
+    return len(day_stats(sb.scenario["seed"], "meta", account_id, int(account["campaigns"]), span[0], span[1], today=today)) > int(limit)
 
 
 def _page(sb: Sandbox, req: Request, account_id: str, account: dict, params: dict, span: tuple[date, date]) -> Response:
@@ -425,10 +440,11 @@ def ad_account(req: Request, account_id: str, account: dict) -> Response:
     return Response(200, body)
 
 
-def start_report(sb: Sandbox, req: Request, account_id: str) -> Response:
-    span = _range(req.params)
+def start_report(sb: Sandbox, req: Request, account_id: str, account: dict) -> Response:
+    span = _range(req.params, sb.today(account["timezone"]))
     if isinstance(span, Response):
         return span
+    sb.wait_if_held(span[0])
     run_id = str(6_000_000_000_000 + len(sb.report_runs) * 7919 + int(time.time()) % 1000)
     sb.report_runs[run_id] = {
         "id": run_id,

@@ -23,7 +23,8 @@ range), ``row_outside_window``, ``version_deprecated`` (#2635, ``wanted``),
 ``report_insights``, ``page``), ``report_failed`` (endpoint
 ``report_status``: "Job Failed", with the ``error_*`` fields the poll names).
 Google: ``rate_limit`` (``retry_seconds``), ``quota_exhausted``
-(``retry_seconds``: short ones are per-second rates), ``unauthenticated``,
+(``retry_seconds``: short ones are per-second rates; ``scope``: ``DEVELOPER`` default,
+``PROJECT`` or ``ACCOUNT``), ``unauthenticated``,
 ``permission_denied``, ``not_enabled``, ``error_in_stream``, ``bad_query``,
 ``row_outside_window``.
 
@@ -44,6 +45,19 @@ the numbers), ``campaign_names`` ({campaign id: name}, a rename); Google
 ``manager``. Scenario ``meta_data_access_days``: days until ``debug_token``'s
 ``data_access_expires_at``. Meta rows carry ``inline_link_clicks`` (three
 quarters of all clicks).
+
+History: any date in range is served, for both platforms. Meta refuses a
+``time_range`` starting more than 37 months before today (code 3018, as the
+Insights API does). A Meta account's ``max_sync_rows`` makes a synchronous
+query over more rows than that answer "Please reduce the amount of data"
+(code 1), as large accounts' long ranges do, so the client needs an async
+report run. ``google_daily_operations``: the developer token's quota — after
+that many Google Ads operations (searchStream and listAccessibleCustomers
+calls answered), every call gets 429 ``RESOURCE_EXHAUSTED`` with
+``rateScope: DEVELOPER`` until ``reset_google_operations()`` (a new day).
+``hold_dates(before)`` makes metric queries whose range starts before that
+day wait until ``release_dates()`` (tests stop a backfill mid-way with it).
+The request log records each metric query's dates as ``span`` ("since..until").
 A Google fault on a ``FROM customer_client`` query must name
 ``"endpoint": "customer_client"``; the default endpoint is the metrics query.
 
@@ -119,6 +133,7 @@ DEFAULTS = {
     "google_oauth_faults": [],
     "meta_tokens": {},
     "meta_businesses": {},
+    "google_daily_operations": None,
 }
 DEFAULT_GOOGLE_USER = "sandbox.user@example.com"
 LOCALES = (("PLN", "Europe/Warsaw"), ("USD", "America/New_York"), ("EUR", "Europe/Berlin"), ("GBP", "Europe/London"))
@@ -177,6 +192,11 @@ class Sandbox:
         self._thread: threading.Thread | None = None
         self._gate = threading.Event()
         self._gate.set()
+        self.google_operations = 0  # answered Google Ads operations, against google_daily_operations
+        self._held_before: date | None = None
+        self._dates_gate = threading.Event()
+        self._dates_gate.set()
+        self.held = 0  # metric queries waiting in hold_dates right now
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -206,6 +226,41 @@ class Sandbox:
 
     def release(self) -> None:
         self._gate.set()
+
+    def hold_dates(self, before: date) -> None:
+        """Make metric queries whose range starts before ``before`` wait (up to two minutes) until ``release_dates``."""
+        self._held_before = before
+        self._dates_gate.clear()
+
+    def release_dates(self) -> None:
+        self._held_before = None
+        self._dates_gate.set()
+
+    def wait_if_held(self, since: date) -> None:
+        held = self._held_before
+        if held is None or since >= held:
+            return
+        with self._lock:
+            self.held += 1
+        try:
+            self._dates_gate.wait(120)
+        finally:
+            with self._lock:
+                self.held -= 1
+
+    def spend_google_operation(self) -> bool:
+        """Count one Google Ads operation; False (refuse it) once ``google_daily_operations`` are spent."""
+        limit = self.scenario["google_daily_operations"]
+        with self._lock:
+            if limit is not None and self.google_operations >= int(limit):
+                return False
+            self.google_operations += 1
+            return True
+
+    def reset_google_operations(self) -> None:
+        """A new Pacific day for the developer token's quota."""
+        with self._lock:
+            self.google_operations = 0
 
     def env(self) -> dict[str, str]:
         """Settings that point emsync at this sandbox."""
@@ -297,13 +352,25 @@ class Sandbox:
             self._calls[key] = n + 1
             return n
 
-    def record(self, kind: str, account: str | None, method: str, path: str, status: int) -> None:
+    def record(self, kind: str, account: str | None, method: str, path: str, status: int, span: str | None = None) -> None:
+        entry = {"ts": time.time(), "kind": kind, "account": account, "method": method, "path": path, "status": status, "span": span}
         with self._lock:
-            self.log.append({"ts": time.time(), "kind": kind, "account": account, "method": method, "path": path, "status": status})
+            self.log.append(entry)
 
-    def count(self, kind: str | None = None, account: str | None = None) -> int:
+    def count(self, kind: str | None = None, account: str | None = None, span: str | None = None) -> int:
         with self._lock:
-            return sum(1 for e in self.log if (kind is None or e["kind"] == kind) and (account is None or e["account"] == account))
+            return sum(
+                1
+                for e in self.log
+                if (kind is None or e["kind"] == kind)
+                and (account is None or e["account"] == account)
+                and (span is None or e["span"] == span)
+            )
+
+    def spans(self, kind: str, account: str | None = None) -> list[str]:
+        """The date ranges ("since..until") of the metric queries logged for ``kind``, in order."""
+        with self._lock:
+            return [e["span"] for e in self.log if e["kind"] == kind and (account is None or e["account"] == account) and e["span"]]
 
     def reset_log(self) -> None:
         with self._lock:
@@ -404,7 +471,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # noqa: BLE001 - a sandbox bug must look like a server error, not hang the client
             kind, account, response = "error", None, Response(500, {"error": {"message": f"sandbox bug: {exc}", "code": 2}})
         if kind != "sandbox":  # the control endpoints are not API traffic
-            sb.record(kind, account, self.command, parts.path, response.status)
+            sb.record(kind, account, self.command, parts.path, response.status, request_span(request))
         if response.drop:
             self.close_connection = True
             return
@@ -424,6 +491,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+
+def request_span(request: Request) -> str | None:
+    """A metric query's dates as "since..until": Meta's ``time_range`` parameter or the GAQL ``BETWEEN``."""
+    from .google import BETWEEN
+
+    raw = request.params.get("time_range")
+    if raw:
+        try:
+            spec = json.loads(raw)
+            return f"{spec['since']}..{spec['until']}"
+        except (ValueError, KeyError, TypeError):
+            return None
+    if request.body and b"segments.date" in request.body:
+        found = BETWEEN.search(request.body.decode("utf-8", "replace"))
+        return f"{found.group(1)}..{found.group(2)}" if found else None
+    return None
 
 
 def _truncated_payload(sb: Sandbox, request: Request) -> bytes:
