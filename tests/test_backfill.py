@@ -46,7 +46,8 @@ def _span(span: str) -> tuple[date, date]:
 
 
 def _all_spans(sb) -> Counter:
-    return Counter(sb.spans("meta.insights") + sb.spans("google.search_stream"))
+    """How often each (platform, span) was fetched: a Meta month and a Google quarter may cover the same days."""
+    return Counter([("meta", s) for s in sb.spans("meta.insights")] + [("google", s) for s in sb.spans("google.search_stream")])
 
 
 def _scalar(engine, sql: str, **params):
@@ -207,7 +208,7 @@ def test_killed_mid_way_a_rerun_finishes_without_refetching_finished_chunks(cli,
     victim.wait(timeout=30)
     sb.release_dates()
     _wait_for(lambda: sb.held == 0 and len(_all_spans(sb)) >= finished + 2)
-    in_flight = {s for s in _all_spans(sb) if _span(s)[0] < _months_ago(12)}
+    in_flight = {s for s in _all_spans(sb) if _span(s[1])[0] < _months_ago(12)}
     assert len(in_flight) == 2
     report = _backfill(cli, "--since", since)
     assert report["complete"], "the dead process's leases are broken at once on its own host"
