@@ -100,6 +100,10 @@ def test_connect_google_in_the_browser_adds_the_tree_and_the_first_sync_succeeds
         "never_synced",
     )
     assert "Added user anna@example.com" in result.out and "3 added, 0 updated" in result.out
+    with engine.connect() as conn:
+        spent = conn.execute(text("SELECT source, operations FROM google_operations")).all()
+    listed = sb.count("google.list_accessible") + sb.count("google.customer_client")
+    assert [tuple(r) for r in spent] == [("connect", listed)] and listed == 4, "discovery's operations are in the ledger"
 
     sb.reset_log()
     synced = cli("sync-all")
