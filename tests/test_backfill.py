@@ -311,6 +311,8 @@ def test_two_backfills_at_once_never_fetch_the_same_chunk(cli, engine, make_sand
         (["--since", "2025-13-01"], "--since must be a date"),
         (["--since", "2025-01-01", "--until", "last week"], "--until must be a date"),
         (["--since", "2025-02-01", "--until", "2025-01-01"], "is after --until"),
+        (["--since", "0001-01-01"], "is before 2000-01-01"),
+        (["--since", (date.today() + timedelta(days=3)).isoformat()], "is in the future"),
         (["--since", "2025-01-01", "--email", "a@example.com", "--integration", "1"], "not both"),
         (["--since", "2025-01-01", "--integration", "999"], "no integration with id 999"),
         (["--since", "2025-01-01", "--email", "ghost@example.com"], "no user with email ghost@example.com"),

@@ -139,6 +139,14 @@ def test_connect_google_without_a_browser_reads_back_the_redirected_address(cli,
     assert _credentials(cli)[0]["platform_user"] == ANNA
 
 
+def test_no_browser_with_standard_input_closed_is_one_line_exit_2(cli, sq_engine, make_sandbox, monkeypatch):
+    make_sandbox(TREE)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    result = cli("connect", "google", "--email", ANNA, "--no-browser", "--all")
+    assert result.code == 2 and "standard input ended before the address was pasted" in result.err
+    assert cli("integrations", "list", "--json").out.strip() == "[]"
+
+
 def test_the_numbered_prompt_chooses_and_asks_again_after_a_wrong_answer(cli, sq_engine, make_sandbox, browser, monkeypatch):
     make_sandbox(TREE)
     # 1: the agency manager (refused: no campaigns); then 3 and 7: Shoes (under the manager) and the own account

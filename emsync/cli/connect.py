@@ -73,7 +73,7 @@ def connect_google(
             f"The browser then fails to load an address starting with {pending.redirect_uri}: that is expected.",
             file=sys.stderr,
         )
-        pasted = typer.prompt("Paste that whole address here", prompt_suffix=": ", err=True)
+        pasted = _read_pasted_address()
         grant = oauth.finish_manual(pending, pasted)
     else:
         grant = oauth.run_loopback(client, port=port, login_hint=email)
@@ -84,6 +84,17 @@ def connect_google(
         ledger.record_spent(ctx.engine(), operations=http.operations, source="connect", now=SYSTEM_CLOCK.now())
     who = grant.email or "the Google user"
     _finish(ctx, box, email, login, chosen, every, f"Signed in to Google as {who}.")
+
+
+def _read_pasted_address() -> str:
+    """The redirected address, asked for on a terminal or read as one line of standard input (piped: no prompt)."""
+    if sys.stdin.isatty():
+        return typer.prompt("Paste that whole address here", prompt_suffix=": ", err=True)
+    print("Paste that whole address here: ", end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line.strip():
+        raise UserError("standard input ended before the address was pasted: nothing was connected")
+    return line.strip()
 
 
 @connect_app.command("meta")

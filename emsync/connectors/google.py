@@ -127,7 +127,8 @@ class AdsFailure:
             (str(q["rateScope"]) for f in failures if (q := (f.get("details") or {}).get("quotaErrorDetails") or {}).get("rateScope")),
             None,
         )
-        head = f"Google Ads {status or http_status}" + (f" {', '.join(sorted(codes))}" if codes else "")
+        named = sorted(codes - {status})  # a QuotaError RESOURCE_EXHAUSTED repeats the status: name it once
+        head = f"Google Ads {status or http_status}" + (f" {', '.join(named)}" if named else "")
         return cls(error.get("code", http_status), status, codes, head, str(message), request_id, _retry_delay(error), scope)
 
     @property
