@@ -15,7 +15,7 @@ from datetime import date, timedelta
 from urllib.parse import urlencode
 
 from .data import day_stats, months_before
-from .meta_discovery import token_invalid
+from .meta_discovery import token_invalid, token_scopes
 from .meta_query import action as _action
 from .meta_query import attributed as _attributed
 from .meta_query import attribution_asked as _attribution_asked
@@ -172,6 +172,8 @@ def _guarded(sb: Sandbox, req: Request, account_id: str, endpoint: str, answer) 
     token, refused = caller_refused(sb, req)
     if refused is not None:
         return refused
+    if not set(token_scopes(sb, token)) & {"ads_read", "ads_management"}:
+        return error(403, 200, "(#200) Ad account owner has NOT grant ads_management or ads_read permission")
     account = sb.account("meta", account_id)
     if account is None:
         return error(

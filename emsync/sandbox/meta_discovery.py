@@ -50,6 +50,11 @@ def token_invalid(sb: Sandbox, token: str) -> bool:
     return token in sb.scenario["meta_revoked_tokens"] or token_config(sb, token).get("valid") is False
 
 
+def token_scopes(sb: Sandbox, token: str) -> list[str]:
+    """The permissions a token was granted (``meta_tokens`` entry, else ads_read and read_insights)."""
+    return _scopes(token_config(sb, token))
+
+
 def _scopes(config: dict) -> list[str]:
     return list(config.get("scopes", DEFAULT_SCOPES))
 
