@@ -8,6 +8,7 @@ line, emsync refuses, because a silently skipped line is a setting silently left
 from __future__ import annotations
 
 import io
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,8 @@ def set_value(path: str | Path, name: str, value: str, *, comment: str | None = 
     The file is created (mode 0600, its directory 0700) when missing. An empty ``NAME=`` line (a
     copy of ``.env.example``) is filled in place, and further empty ``NAME=`` lines are removed, so
     the file never holds the name twice; otherwise the line is appended, after ``# comment``. The
-    file is replaced atomically with mode 0600, keeping its owner when the process may.
+    file is replaced atomically with mode 0600, keeping its owner when the process may (in a directory
+    the process cannot write, an addition at the end is appended instead).
 
     Returns True when the file was written, False when it already set ``name`` (left untouched).
 
@@ -147,8 +149,26 @@ def set_value(path: str | Path, name: str, value: str, *, comment: str | None = 
         if comment:
             parts.append(f"# {comment}\n")
         parts.append(f"{name}={quote(value)}\n")
+    new_text = "".join(parts)
     try:
-        atomic_write(path, "".join(parts))
+        atomic_write(path, new_text)
+    except PermissionError as exc:
+        # A writable file in a directory we may not write (the temporary file cannot be made there):
+        # an addition at the end can still be appended safely; a change in place cannot.
+        if not (new_text.startswith(text) and text and os.access(path, os.W_OK)):
+            raise ConfigError(f"cannot write env file {path}: {exc.strerror}") from None
+        _append(path, new_text[len(text) :])
     except OSError as exc:
         raise ConfigError(f"cannot write env file {path}: {exc.strerror}") from None
     return True
+
+
+def _append(path: Path, addition: str) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(addition)
+            fh.flush()
+            os.fsync(fh.fileno())
+            os.fchmod(fh.fileno(), 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot write env file {path}: {exc.strerror}") from None

@@ -339,3 +339,21 @@ def test_a_rotated_log_file_is_private_too(tmp_path):
         os.umask(old)
     logs = sorted(tmp_path.glob("emsync.log*"))
     assert len(logs) == 3 and all(_mode(p) == 0o600 for p in logs)
+
+
+def test_init_appends_to_a_writable_env_file_in_a_directory_it_cannot_write(cli, tmp_path, monkeypatch):
+    """/etc/emsync.env owned by the service user in root's /etc: no temporary file beside it, so init appends."""
+    import emsync.files
+
+    env_file = tmp_path / "etc" / "emsync.env"
+    env_file.parent.mkdir()
+    env_file.write_text("EMSYNC_CONCURRENCY=2")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(emsync.files.tempfile, "mkstemp", refuse)  # root ignores directory modes: refuse as a user's mkstemp would
+    assert cli("--env-file", env_file, "init").code == 0
+    lines = env_file.read_text().splitlines()
+    assert lines[0] == "EMSYNC_CONCURRENCY=2" and sum(line.startswith("EMSYNC_SECRET_KEY=") for line in lines) == 1
+    assert any(line.startswith("EMSYNC_DATABASE_URL=sqlite:///") for line in lines) and _mode(env_file) == 0o600
