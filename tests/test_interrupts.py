@@ -363,3 +363,12 @@ def test_serve_logs_json_and_on_sigterm_interrupts_the_runs_it_started(cli, engi
         assert _scalar(engine, "SELECT count(*) FROM integrations WHERE lease_token IS NOT NULL") == 0
     assert _scalar(engine, "SELECT count(*) FROM sync_attempts") == 0
     assert [i for i in ids if _scalar(engine, "SELECT status FROM integrations WHERE id = :i", i=i) != "never_synced"] == []
+
+
+def test_the_systemd_unit_counts_a_sigterm_stop_as_clean():
+    """`systemctl stop` sends SIGTERM; the run then exits 143 (tested above), which the unit must not call a failure."""
+    from .conftest import ROOT
+
+    service = (ROOT / "deploy" / "emsync.service").read_text().splitlines()
+    success = [line.split("=", 1)[1].split() for line in service if line.startswith("SuccessExitStatus=")]
+    assert success and "143" in success[0]
