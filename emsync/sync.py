@@ -423,26 +423,33 @@ class Syncer:
         After a crash the row is written when the database still allows it, and the crash is what the caller sees.
         Raises the database's error otherwise.
         """
+        from sqlalchemy.exc import DBAPIError
+
         result.duration_s = time.monotonic() - clock
         result.interrupted = self.cancel.is_set()
         result.status = "interrupted" if result.interrupted else "failed" if crashed or result.failed else "ok"
-        try:
-            with write_transaction(self.db) as conn:
-                runs.finish_run(
-                    conn,
-                    result.run_id,
-                    now=self.clock.now(),
-                    total=result.due,
-                    succeeded=result.succeeded,
-                    failed=result.failed,
-                    skipped=result.skipped,
-                    rows=result.rows,
-                    status=result.status,
-                )
-        except Exception as exc:
-            if not crashed:
-                raise
-            log.error("could not record the end of run %s: %s", result.run_id, describe_failure(exc))
+        for attempt in (1, 2):
+            try:
+                with write_transaction(self.db) as conn:
+                    runs.finish_run(
+                        conn,
+                        result.run_id,
+                        now=self.clock.now(),
+                        total=result.due,
+                        succeeded=result.succeeded,
+                        failed=result.failed,
+                        skipped=result.skipped,
+                        rows=result.rows,
+                        status=result.status,
+                    )
+                return
+            except Exception as exc:
+                if attempt == 1 and isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                    continue  # the connection died (a database restart): the pool has been emptied, a new one may work
+                if not crashed:
+                    raise
+                log.error("could not record the end of run %s: %s", result.run_id, describe_failure(exc))
+                return
 
     def _fresh_after(self, options: SyncOptions, started: datetime) -> datetime | None:
         """Integrations whose last successful sync started at or after this are fresh enough to skip (None: take all)."""
@@ -525,46 +532,33 @@ class Syncer:
             self.cancel.check()  # stopped while fetching: roll back (write nothing); a write already begun is finished
             result.rows = self._save_success(state, work, run_id, started, api)
             result.status = "ok"
-        except Exception as exc:  # noqa: BLE001 - whatever went wrong is this integration's result (``_failed`` logs it)
+        except Interrupted as exc:  # the run was stopped while this one fetched: nothing of it is written
             result.window = work.window
-            if isinstance(exc, Interrupted) or (self.cancel.is_set() and work.fetched is None):  # aborted by the interrupt
-                self._abandon(state, result, api, exc)
-            else:
-                self._failed(state, work, result, run_id, started, api, exc)
+            self._abandon(state, result, api, exc)
+        except Exception as exc:
+            result.window = work.window
+            result.status = exc.status if isinstance(exc, ApiError) else "error"
+            result.error = describe_failure(exc)
+            if work.fetched is not None and not isinstance(exc, EmsyncError):  # fetched, then the write failed
+                result.error = f"fetched {len(work.fetched.rows)} rows but could not store them ({result.error}); previous rows kept"
+            result.retry_at = exc.retry_at if isinstance(exc, (RateLimited, AccountClosed)) else None
+            if not isinstance(exc, EmsyncError):
+                log.debug("unexpected failure syncing %s", state.label, exc_info=True)
+            if not isinstance(exc, LeaseLost):  # the integration is another process's now: record nothing on it
+                try:
+                    scope = exc.scope if isinstance(exc, RateLimited) and state.platform == "google" else None
+                    self._save_failure(state, work, result, run_id, started, api, quota_scope=scope)
+                except Exception as again:  # noqa: BLE001 - e.g. the database is gone: say so, never drop the result
+                    result.error = f"{result.error} (not recorded: {describe_failure(again)})"
         result.warnings = work.warnings
         result.api_requests = api.requests
         result.duration_s = time.monotonic() - clock
 
-    def _failed(
-        self,
-        state: IntegrationState,
-        work: _Fetch,
-        result: IntegrationResult,
-        run_id: int,
-        started: datetime,
-        api: HttpClient,
-        exc: Exception,
-    ) -> None:
-        """A failed attempt: its result, and its record in one write transaction (``_save_failure``) when it can be written."""
-        result.status = exc.status if isinstance(exc, ApiError) else "error"
-        result.error = describe_failure(exc)
-        if work.fetched is not None and not isinstance(exc, EmsyncError):  # fetched, then the write failed
-            result.error = f"fetched {len(work.fetched.rows)} rows but could not store them ({result.error}); previous rows kept"
-        result.retry_at = exc.retry_at if isinstance(exc, (RateLimited, AccountClosed)) else None
-        if not isinstance(exc, EmsyncError):
-            log.debug("unexpected failure syncing %s", state.label, exc_info=True)
-        if not isinstance(exc, LeaseLost):  # the integration is another process's now: record nothing on it
-            try:
-                scope = exc.scope if isinstance(exc, RateLimited) and state.platform == "google" else None
-                self._save_failure(state, work, result, run_id, started, api, quota_scope=scope)
-            except Exception as again:  # noqa: BLE001 - e.g. the database is gone: say so, never drop the result
-                result.error = f"{result.error} (not recorded: {describe_failure(again)})"
-
-    def _abandon(self, state: IntegrationState, result: IntegrationResult, api: HttpClient, exc: Exception) -> None:
+    def _abandon(self, state: IntegrationState, result: IntegrationResult, api: HttpClient, exc: Interrupted) -> None:
         """An attempt the run's interrupt stopped: nothing of it is written — no rows, no attempt, no status — except the
         Google Ads operations it already spent (the ledger counts what was sent). The claim is released by the caller."""
         result.status = "interrupted"
-        result.error = str(exc) if isinstance(exc, Interrupted) else self.cancel.reason()
+        result.error = str(exc)
         if api.operations:
             try:
                 with write_transaction(self.db) as conn:
