@@ -165,7 +165,10 @@ class Backfiller:
             left = (moment - self.clock.now()).total_seconds()
             if left <= 0:
                 return
-            self.clock.sleep(min(left, 5.0))
+            if type(self.clock) is Clock:  # the system clock: wake as soon as Ctrl-C or SIGTERM sets ``stop``
+                self.stop.wait(left)
+            else:
+                self.clock.sleep(min(left, 5.0))
 
     # ---------------------------------------------------------------- one integration
 
