@@ -354,7 +354,8 @@ def test_serve_logs_json_and_on_sigterm_interrupts_the_runs_it_started(cli, engi
     assert proc.returncode == 143, "".join(lines)
     entries = [json.loads(line) for line in lines]  # every line is JSON: emsync's, uvicorn's, its access log
     messages = [e["message"] for e in entries]
-    assert any("GET /healthz" in m and "200" in m for m in messages), messages
+    assert any("GET /healthz" in m and "200" in m for m in messages), messages  # uvicorn's access log
+    assert any(m.startswith("Started server process") for m in messages), messages  # uvicorn's own lines
     assert any(m.startswith("emsync serve listening on http://127.0.0.1:") for m in messages)
     assert any(m.startswith("interrupted: 0 finished, 2 stopped mid-fetch, 0 not started") for m in messages), messages
     run = _one(engine, "SELECT status, integrations_total, succeeded FROM sync_runs WHERE id = :r", r=run_id)
