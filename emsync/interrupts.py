@@ -6,7 +6,10 @@ The first signal sets the run's ``CancelToken``:
 * every HTTP request in flight is aborted at once: the token holds the sockets
   of the run's HTTP session (``http.new_session``) and shuts them down, so a
   worker blocked in a read returns immediately; waits (retry back-offs, a Meta
-  async report's polling) end at once too. Nothing fetched that way is written;
+  async report's polling) end at once too. Nothing fetched that way is written.
+  (A connection still being opened — name lookup, TCP or TLS handshake — has no
+  socket to shut down yet: it ends within ``EMSYNC_HTTP_TIMEOUT`` and is then
+  abandoned the same way);
 * a write transaction already begun is finished (signals never reach the
   worker threads that write; the token only closes HTTP sockets);
 * the run is recorded as ``interrupted`` with its true counts, and the CLI
