@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,6 +169,15 @@ def sweep() -> list[PeerConfig]:
 CONFIGS = {c.name: c for c in [*sweep(), DEFAULT]}
 
 
+def _first_line(exc: BaseException) -> str:
+    """The exception's first line and, for a message carrying a traceback, its last line (the reason)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [""]
+    # the line naming the exception that ended the traceback, else the last one
+    reasons = [line for line in lines[1:] if re.match(r"[\w.]+(Error|Exception): ", line)] or lines[1:]
+    tail = f" ... {reasons[-1][:300]}" if reasons else ""
+    return f"{type(exc).__name__}: {lines[0][:300]}{tail}"
+
+
 def run_once(spec: dict) -> dict:
     import dlt
 
@@ -185,7 +195,15 @@ def run_once(spec: dict) -> dict:
     try:
         pipeline.run(build_source({**spec, "parallelized": config.parallelized}))
     except Exception as exc:  # noqa: BLE001 - reported, like a cron job would see it
-        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        error = _first_line(exc)
+        # dlt wraps the failure of a step: name the exception underneath too
+        if cause := getattr(exc, "exception", None) or exc.__cause__:
+            error += f" <- {_first_line(cause)}"
+        # a load job that failed for good leaves its traceback beside the package: its last line is the reason
+        for failed in sorted(Path(spec["pipelines_dir"]).rglob("*.exception")):
+            if lines := failed.read_text(errors="replace").strip().splitlines():
+                error += f" <- {lines[-1][:300]}"
+                break
     return {"wall_s": time.perf_counter() - started, "error": error}
 
 
