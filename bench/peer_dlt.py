@@ -169,7 +169,7 @@ def sweep() -> list[PeerConfig]:
 CONFIGS = {c.name: c for c in [*sweep(), DEFAULT]}
 
 
-def _first_line(exc: BaseException) -> str:
+def _summary(exc: BaseException) -> str:
     """The exception's first line and, for a message carrying a traceback, its last line (the reason)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [""]
     # the line naming the exception that ended the traceback, else the last one
@@ -195,10 +195,10 @@ def run_once(spec: dict) -> dict:
     try:
         pipeline.run(build_source({**spec, "parallelized": config.parallelized}))
     except Exception as exc:  # noqa: BLE001 - reported, like a cron job would see it
-        error = _first_line(exc)
+        error = _summary(exc)
         # dlt wraps the failure of a step: name the exception underneath too
         if cause := getattr(exc, "exception", None) or exc.__cause__:
-            error += f" <- {_first_line(cause)}"
+            error += f" <- {_summary(cause)}"
         # a load job that failed for good leaves its traceback beside the package: its last line is the reason
         for failed in sorted(Path(spec["pipelines_dir"]).rglob("*.exception")):
             if lines := failed.read_text(errors="replace").strip().splitlines():

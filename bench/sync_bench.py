@@ -1,6 +1,7 @@
 """End-to-end benchmark of emsync against the bundled sandbox, reported as ratios to what the machine and APIs allow.
 
-    python bench/sync_bench.py --scenario small|agency|steady --db sqlite|postgres [--concurrency N] [--latency-ms N] [--json] [--peer dlt]
+    python bench/sync_bench.py --scenario small|agency|steady --db sqlite|postgres [--concurrency N] [--latency-ms N] [--json]
+                                [--peer dlt [--peer-configs w20-keys,default,...]]
 
 The sandbox runs in its own process (so emsync's RSS and CPU are its own); the
 sync runs as a measured child process (`emsync sync-all`, exactly what cron
