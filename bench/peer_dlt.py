@@ -1,12 +1,25 @@
-"""The peer: the same sandbox scenario loaded by dlt's declarative rest_api source into SQLite.
+"""The peer: the same sandbox scenario loaded by dlt's declarative rest_api source into SQLite, configured as its experts would.
 
 A bench-only dependency (`pip install "dlt[sqlalchemy]"`), never a runtime one.
-Configured as dlt's documentation recommends: a json_link paginator on
-Meta's `paging.next`, a data selector over Google's searchStream batches,
-`merge` on (account, campaign, date), parallelized resources with as many
-extract workers as emsync's concurrency. Google access tokens are obtained
-before the run (rest_api has no refresh-token grant), which saves the peer
-one request per customer.
+The source follows dlt's documentation: a json_link paginator on Meta's
+`paging.next`, a data selector over Google's searchStream batches, `merge` on
+(account, campaign, date). Google access tokens are obtained before the run
+(rest_api has no refresh-token grant), which saves the peer one request per
+customer.
+
+The peer is run in several configurations (issue 18, "The peer, fairly"), each
+a fresh pipeline and database on the same sandbox:
+
+* the sweep, following dlt's performance guide: `parallelized=True` resources
+  with 20 and 32 extract workers (EXTRACT__WORKERS, EXTRACT__MAX_PARALLEL_ITEMS),
+  `create_primary_keys` off and on, NORMALIZE__WORKERS=2 over rotated extract
+  files, LOAD__WORKERS=1 (SQLite has one writer);
+* dlt's defaults, reported as a second row.
+
+The best full run is reported; the re-run (same window again, a merge into
+what is loaded) only for the best configuration with primary keys: without
+them dlt's delete-insert merge compares every loaded row with every new one
+and did not finish in 22 minutes.
 
     python bench/peer_dlt.py SPEC.json     # run once, print one JSON line (used by sync_bench.py --peer dlt)
 """
@@ -15,11 +28,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -79,51 +95,140 @@ def build_source(spec: dict):
     return rest_api_source(
         {
             "client": {"base_url": spec["url"] + "/"},
-            "resource_defaults": {"write_disposition": "merge", "parallelized": True},
+            "resource_defaults": {"write_disposition": "merge", "parallelized": spec.get("parallelized", True)},
             "resources": resources,
         },
         name="ads",
     )
 
 
+@dataclass(frozen=True)
+class PeerConfig:
+    """One way to configure the dlt peer; ``None`` leaves dlt's own default in place."""
+
+    name: str
+    extract_workers: int | None = None
+    parallelized: bool = False
+    primary_keys: bool = False
+    normalize_workers: int | None = None
+    load_workers: int | None = None
+    file_max_items: int | None = None
+
+    def env(self) -> dict[str, str]:
+        """dlt's settings as the environment variables its configuration reads."""
+        out = {}
+        if self.extract_workers is not None:
+            out["EXTRACT__WORKERS"] = str(self.extract_workers)
+            # at most max_parallel_items futures are in flight (default 20): raise it with the workers
+            out["EXTRACT__MAX_PARALLEL_ITEMS"] = str(max(self.extract_workers, 20))
+        if self.normalize_workers is not None:
+            out["NORMALIZE__WORKERS"] = str(self.normalize_workers)
+        if self.load_workers is not None:
+            out["LOAD__WORKERS"] = str(self.load_workers)
+        if self.file_max_items is not None:
+            # rotate the extract files: normalize hands one file to each worker process
+            out["DATA_WRITER__FILE_MAX_ITEMS"] = str(self.file_max_items)
+        return out
+
+    def describe(self) -> str:
+        """One line naming every setting, as the README quotes it."""
+        if self.extract_workers is None and not self.parallelized:
+            return "dlt defaults: resources not parallelized, 5 extract workers, 1 normalize worker, 20 load workers, no PRIMARY KEY"
+        return (
+            f"parallelized=True, EXTRACT__WORKERS={self.extract_workers}, NORMALIZE__WORKERS={self.normalize_workers} "
+            f"(extract files rotated every {self.file_max_items:,} items), LOAD__WORKERS={self.load_workers}, "
+            f"create_primary_keys={self.primary_keys}"
+        )
+
+
+SWEEP_WORKERS = (20, 32)
+DEFAULT = PeerConfig("default")
+
+
+def sweep() -> list[PeerConfig]:
+    """What a dlt expert tries on this 2-core machine (issue 18, bounded): 20 and 32 extract workers, keys on and off.
+
+    Normalize gets both cores (the sandbox is idle by then) and rotated extract files to share between them;
+    SQLite takes one writer at a time, so one load worker.
+    """
+    return [
+        PeerConfig(
+            f"w{workers}-{'keys' if keys else 'nokeys'}",
+            extract_workers=workers,
+            parallelized=True,
+            primary_keys=keys,
+            normalize_workers=2,
+            load_workers=1,
+            file_max_items=20_000,
+        )
+        for workers in SWEEP_WORKERS
+        for keys in (False, True)
+    ]
+
+
+CONFIGS = {c.name: c for c in [*sweep(), DEFAULT]}
+
+
+def _summary(exc: BaseException) -> str:
+    """The exception's first line and, for a message carrying a traceback, its last line (the reason)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [""]
+    # the line naming the exception that ended the traceback, else the last one
+    reasons = [line for line in lines[1:] if re.match(r"[\w.]+(Error|Exception): ", line)] or lines[1:]
+    tail = f" ... {reasons[-1][:300]}" if reasons else ""
+    return f"{type(exc).__name__}: {lines[0][:300]}{tail}"
+
+
 def run_once(spec: dict) -> dict:
     import dlt
 
-    os.environ["EXTRACT__WORKERS"] = str(spec["concurrency"])
+    config = CONFIGS[spec["config"]]
+    os.environ.update(config.env())
     os.environ["RUNTIME__LOG_LEVEL"] = "WARNING"
     pipeline = dlt.pipeline(
         pipeline_name="ads_peer",
-        destination=dlt.destinations.sqlalchemy(f"sqlite:///{spec['db']}"),
+        destination=dlt.destinations.sqlalchemy(f"sqlite:///{spec['db']}", create_primary_keys=config.primary_keys),
         dataset_name="ads",
         pipelines_dir=spec["pipelines_dir"],
     )
     started = time.perf_counter()
     error = None
     try:
-        pipeline.run(build_source(spec))
+        pipeline.run(build_source({**spec, "parallelized": config.parallelized}))
     except Exception as exc:  # noqa: BLE001 - reported, like a cron job would see it
-        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        error = _summary(exc)
+        # dlt wraps the failure of a step: name the exception underneath too
+        if cause := getattr(exc, "exception", None) or exc.__cause__:
+            error += f" <- {_summary(cause)}"
+        # a load job that failed for good leaves its traceback beside the package: its last line is the reason
+        for failed in sorted(Path(spec["pipelines_dir"]).rglob("*.exception")):
+            if lines := failed.read_text(errors="replace").strip().splitlines():
+                error += f" <- {lines[-1][:300]}"
+                break
     return {"wall_s": time.perf_counter() - started, "error": error}
 
 
-PEER_TIMEOUT_S = 1500
+PEER_TIMEOUT_S = 1200
 
 
 def measured(spec: dict) -> dict:
-    """One peer run in a child process: wall, peak RSS and CPU of that process alone (stopped after PEER_TIMEOUT_S)."""
+    """One peer run in a child process: wall, peak RSS and CPU of that process and its workers (stopped after PEER_TIMEOUT_S).
+
+    The child leads its own process group, so a stop also reaches dlt's normalize worker processes.
+    """
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(spec, fh)
+    load_before = os.getloadavg()
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, fh.name], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    timer = threading.Timer(PEER_TIMEOUT_S, proc.kill)
+    proc = subprocess.Popen([sys.executable, __file__, fh.name], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    timer = threading.Timer(PEER_TIMEOUT_S, os.killpg, (proc.pid, signal.SIGKILL))
     timer.start()
-    out = proc.stdout.read()
+    out = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
     timer.cancel()
-    if wall_exceeded := time.perf_counter() - started >= PEER_TIMEOUT_S:
+    wall = time.perf_counter() - started
+    if timed_out := wall >= PEER_TIMEOUT_S:
         out = json.dumps({"error": f"did not finish within {PEER_TIMEOUT_S} s (stopped)"}).encode()
     os.unlink(fh.name)
-    wall = time.perf_counter() - started
     inner = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {"error": "no output"}
     return {
         "wall_s": round(wall, 3),
@@ -131,7 +236,9 @@ def measured(spec: dict) -> dict:
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "error": inner.get("error"),
         "exit": os.waitstatus_to_exitcode(status),
-        "timed_out": wall_exceeded,
+        "timed_out": timed_out,
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -173,54 +280,76 @@ def _rows(db: Path) -> dict:
     return {"tables": counts, "purchase_actions": overlap}
 
 
-def compare(scenario: str, n: int, campaigns: int, concurrency: int, latency_ms: int, emsync: dict) -> dict:
-    """Run the peer on a fresh sandbox with the same scenario: full run, re-run, requests, RSS; then what it gets wrong."""
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def compare(n: int, latency_ms: int, emsync: dict, emsync_next: dict | None = None, configs: list[str] | None = None) -> dict:
+    """Run the peer's configurations on one fresh sandbox with the same scenario, each into its own fresh database.
+
+    ``emsync`` is emsync's full run from the same invocation (``wall_s``, ``peak_rss_mb``, ``requests``),
+    ``emsync_next`` its next run (the recent window) if measured; ``configs`` names a subset of CONFIGS
+    (default: all). Returns every full run, the best one, the re-run of the best configuration with
+    primary keys, the default configuration's run, and the ratios to emsync (peer / emsync: > 1 = emsync faster).
+    """
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import sync_bench as bench
 
+    chosen = [CONFIGS[name] for name in (configs or list(CONFIGS))]
     meta, google = bench.accounts(n)
+    runs: dict[str, dict] = {}
+    rerun = None
     with tempfile.TemporaryDirectory(prefix="emsync-peer-") as tmp_name:
         tmp = Path(tmp_name)
         sandbox, url, env = bench.start_sandbox(tmp, n, latency_ms)
         try:
             today = date.today()
-            spec = {
+            base = {
                 "url": url,
                 "meta_accounts": meta,
                 "google_customers": google,
-                "concurrency": concurrency,
                 "since": str(today - timedelta(days=29)),
                 "until": str(today),
-                "db": str(tmp / "peer.db"),
-                "pipelines_dir": str(tmp / "pipelines"),
                 "meta_tokens": {a: f"EAABbench{a}" for a in meta},
                 "google_tokens": _tokens(url, google, env),
             }
-            requests.post(f"{url}/__sandbox/reset", timeout=30)
-            full = measured(spec)
-            full_requests = len(bench.request_log(url))
-            requests.post(f"{url}/__sandbox/reset", timeout=30)
-            rerun = measured(spec)
-            rerun_requests = len(bench.request_log(url))
-            loaded = _rows(tmp / "peer__ads.db")  # dlt attaches each dataset as its own SQLite file
+
+            def spec_for(config: PeerConfig) -> dict:
+                home = tmp / config.name
+                home.mkdir(exist_ok=True)
+                return {**base, "config": config.name, "db": str(home / "peer.db"), "pipelines_dir": str(home / "pipelines")}
+
+            for config in chosen:
+                requests.post(f"{url}/__sandbox/reset", timeout=30)
+                full = measured(spec_for(config))
+                full["requests"] = len(bench.request_log(url))
+                loaded = _rows(tmp / config.name / "peer__ads.db")  # dlt attaches each dataset as its own SQLite file
+                full["rows_loaded"] = sum(v for k, v in loaded["tables"].items() if k in ("meta_insights", "google_campaigns"))
+                runs[config.name] = {"configuration": config.describe(), "full": full, **loaded}
+            finished = [c for c in chosen if runs[c.name]["full"]["error"] is None and not runs[c.name]["full"]["timed_out"]]
+            with_keys = [c for c in finished if c.primary_keys]
+            if with_keys:
+                best_keys = min(with_keys, key=lambda c: runs[c.name]["full"]["wall_s"])
+                requests.post(f"{url}/__sandbox/reset", timeout=30)
+                rerun = measured(spec_for(best_keys))
+                rerun["requests"] = len(bench.request_log(url))
+                rerun["config"] = best_keys.name
+                rerun["configuration"] = best_keys.describe()
         finally:
             sandbox.terminate()
             sandbox.wait(timeout=30)
-    peer_rows = sum(v for k, v in loaded["tables"].items() if k in ("meta_insights", "google_campaigns"))
-    result = {
-        "full": {**full, "requests": full_requests},
-        "rerun": {**rerun, "requests": rerun_requests},
-        "rows_loaded": peer_rows,
-        "tables": loaded["tables"],
-        "purchase_actions": loaded["purchase_actions"],
-    }
-    if scenario != "steady":
-        result["emsync_full_vs_peer"] = round(emsync["wall_s"] / full["wall_s"], 3)
-        result["peer_full_over_emsync"] = round(full["wall_s"] / emsync["wall_s"], 2)
-    else:
-        result["peer_rerun_over_emsync_steady"] = round(rerun["wall_s"] / emsync["wall_s"], 2)
-    result["peer_rss_over_emsync"] = round(full["peak_rss_mb"] / emsync["peak_rss_mb"], 2)
-    result["peer_requests_over_emsync"] = round(full_requests / emsync["requests"], 2)
+    swept = [name for name in runs if name != DEFAULT.name and runs[name]["full"]["error"] is None]
+    best = min(swept, key=lambda name: runs[name]["full"]["wall_s"]) if swept else None
+    result: dict = {"runs": runs, "best_full": best, "rerun": rerun}
+    if best:
+        full = runs[best]["full"]
+        result["best_full_over_emsync"] = _ratio(full["wall_s"], emsync["wall_s"])
+        result["best_rss_over_emsync"] = _ratio(full["peak_rss_mb"], emsync["peak_rss_mb"])
+        result["best_requests_over_emsync"] = _ratio(full["requests"], emsync["requests"])
+    if DEFAULT.name in runs and runs[DEFAULT.name]["full"]["error"] is None:
+        result["default_full_over_emsync"] = _ratio(runs[DEFAULT.name]["full"]["wall_s"], emsync["wall_s"])
+    if rerun and emsync_next and rerun["error"] is None and not rerun["timed_out"]:
+        result["rerun_over_emsync_next"] = _ratio(rerun["wall_s"], emsync_next["wall_s"])
     return result
 
 

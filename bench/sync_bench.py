@@ -1,6 +1,7 @@
 """End-to-end benchmark of emsync against the bundled sandbox, reported as ratios to what the machine and APIs allow.
 
-    python bench/sync_bench.py --scenario small|agency|steady --db sqlite|postgres [--concurrency N] [--latency-ms N] [--json] [--peer dlt]
+    python bench/sync_bench.py --scenario small|agency|steady --db sqlite|postgres [--concurrency N] [--latency-ms N] [--json]
+                                [--peer dlt [--peer-configs w20-keys,default,...]]
 
 The sandbox runs in its own process (so emsync's RSS and CPU are its own); the
 sync runs as a measured child process (`emsync sync-all`, exactly what cron
@@ -223,8 +224,13 @@ def request_log(url: str) -> list[dict]:
     return requests.get(f"{url}/__sandbox/requests", timeout=30).json()["requests"]
 
 
-def measure(scenario: str, db_kind: str, concurrency: int, latency_ms: int, integrations: int | None = None) -> dict:
+def measure(
+    scenario: str, db_kind: str, concurrency: int, latency_ms: int, integrations: int | None = None, *, next_run: bool = False
+) -> dict:
+    """One scenario end to end; with ``next_run`` the run after it too (the recent window), reported as ``next_run``."""
     from emsync.crypto import new_key
+
+    load_before = os.getloadavg()
 
     n = integrations or SCENARIOS[scenario]
     with tempfile.TemporaryDirectory(prefix="emsync-bench-") as tmp_name:
@@ -242,6 +248,11 @@ def measure(scenario: str, db_kind: str, concurrency: int, latency_ms: int, inte
             result = run_sync(env, [])
             log = request_log(url)
             report = result.pop("report")
+            after = None
+            if next_run:
+                requests.post(f"{url}/__sandbox/reset", timeout=30)
+                after = run_sync(env, [])
+                after["requests"] = len(request_log(url))
             rows = report["rows"]
             bound_write = write_bound(db_url, tmp, db_kind, report)
         finally:
@@ -278,7 +289,19 @@ def measure(scenario: str, db_kind: str, concurrency: int, latency_ms: int, inte
         "failed": report["failed"],
         "machine": machine(),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
     }
+    if after is not None:
+        next_report = after.pop("report")
+        out["next_run"] = {
+            "wall_s": round(after["wall_s"], 3),
+            "rows": next_report["rows"],
+            "requests": after["requests"],
+            "peak_rss_mb": round(after["peak_rss_mb"], 1),
+            "cpu_s": round(after["cpu_s"], 2),
+            "exit": after["exit"],
+        }
     if full is not None:
         out["full_run_wall_s"] = round(full["wall_s"], 3)
         out["full_run_rows"] = full["report"]["rows"]
@@ -305,18 +328,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency-ms", type=int, default=100)
     parser.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
-    parser.add_argument("--peer", choices=("dlt",), help="also run the same scenario with the dlt rest_api peer")
+    parser.add_argument(
+        "--peer", choices=("dlt",), help="also run the same scenario with the dlt rest_api peer, in every configuration of its sweep"
+    )
+    parser.add_argument("--peer-configs", help="comma-separated subset of the peer's configurations (default: all)")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     parser.add_argument("--integrations", type=int, help="override the scenario's number of integrations (smoke tests)")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.latency_ms < 0:
         parser.error("--concurrency must be >= 1 and --latency-ms >= 0")
-    result = measure(args.scenario, args.db, args.concurrency, args.latency_ms, args.integrations)
-    if args.peer == "dlt":
+    peer_configs = None
+    if args.peer:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from peer_dlt import compare
+        from peer_dlt import CONFIGS, compare
 
-        result["peer"] = compare(args.scenario, SCENARIOS[args.scenario], CAMPAIGNS, args.concurrency, args.latency_ms, result)
+        if args.scenario == "steady":
+            parser.error("--peer compares a full run and the run after it: use --scenario agency or small")
+        if args.peer_configs:
+            peer_configs = args.peer_configs.split(",")
+            if unknown := sorted(set(peer_configs) - set(CONFIGS)):
+                parser.error(f"unknown --peer-configs {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    elif args.peer_configs:
+        parser.error("--peer-configs needs --peer dlt")
+    result = measure(args.scenario, args.db, args.concurrency, args.latency_ms, args.integrations, next_run=bool(args.peer))
+    if args.peer == "dlt":
+        n = args.integrations or SCENARIOS[args.scenario]
+        result["peer"] = compare(n, args.latency_ms, result, result.get("next_run"), peer_configs)
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

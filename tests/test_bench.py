@@ -65,3 +65,34 @@ def test_backfill_bench_reports_requests_operations_and_a_free_rerun():
     assert report["google_operations"] == kinds["google.search_stream"], "the ledger agrees with the sandbox"
     assert kinds["meta.insights"] >= 4 and kinds["google.search_stream"] >= 3, "a month per Meta query, a quarter per Google one"
     assert report["rerun_requests"] == report["rerun_chunks"] == 0, "a finished backfill costs no request"
+
+
+def _bench_args(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sync_bench.py"), "--no-save", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_peer_options_are_refused_before_anything_runs():
+    for args, says in (
+        (("--peer-configs", "w20-keys"), "--peer-configs needs --peer dlt"),
+        (("--peer", "dlt", "--peer-configs", "w20-keys,w99-bogus"), "unknown --peer-configs w99-bogus"),
+        (("--peer", "dlt", "--scenario", "steady"), "use --scenario agency or small"),
+    ):
+        result = _bench_args(*args)
+        assert result.returncode == 2, args
+        assert says in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_peer_sweep_sets_what_dlt_reads(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import peer_dlt
+
+    swept = {(c.extract_workers, c.primary_keys): c for c in peer_dlt.sweep()}
+    assert set(swept) == {(20, False), (20, True), (32, False), (32, True)}
+    env = swept[(32, True)].env()
+    # 32 workers are idle unless dlt lets 32 items be in flight (its default is 20)
+    assert (env["EXTRACT__WORKERS"], env["EXTRACT__MAX_PARALLEL_ITEMS"]) == ("32", "32")
+    assert (env["NORMALIZE__WORKERS"], env["LOAD__WORKERS"]) == ("2", "1") and "DATA_WRITER__FILE_MAX_ITEMS" in env
+    assert peer_dlt.DEFAULT.env() == {} and not peer_dlt.DEFAULT.parallelized and not peer_dlt.DEFAULT.primary_keys
+    assert set(peer_dlt.CONFIGS) == {c.name for c in [*swept.values(), peer_dlt.DEFAULT]}
