@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in args or "-v" in args
+    if _is_status_check(args):
+        return _as_check(command, args, verbose)
     try:
         result = command.main(args=args, prog_name="emsync", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -61,6 +63,39 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"emsync: internal error: {type(exc).__name__}: {_redacted(exc)} (run with --verbose for details)", file=sys.stderr)
         return 1
+
+
+def _is_status_check(args: list[str]) -> bool:
+    """``emsync [global options] status ... --check``: a monitoring plugin, whose errors are UNKNOWN (exit 3)."""
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--env-file":
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return arg == "status" and "--check" in args
+    return False
+
+
+def _as_check(command, args: list[str], verbose: bool) -> int:
+    """Run ``status --check``; anything that keeps it from judging — a usage error, a bad setting, the database
+    unreachable, a surprise — is one ``EMSYNC UNKNOWN - reason`` line on stdout and exit 3."""
+    try:
+        result = command.main(args=args, prog_name="emsync", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:
+        reason = f"{exc.format_message()} (see 'emsync status --help')"
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    except Exception as exc:  # noqa: BLE001 - a plugin reports every failure as UNKNOWN
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        reason = _redacted(exc) if isinstance(exc, EmsyncError) else f"{type(exc).__name__}: {_redacted(exc)}"
+    print("EMSYNC UNKNOWN - " + " ".join(reason.split()).replace("|", "/"))
+    return 3
 
 
 def _redacted(exc: Exception) -> str:
