@@ -242,7 +242,7 @@ class Settings:
         "EMSYNC_STALE_AFTER_MINUTES",
         90,
         _int(1, 10**7),
-        help="`status --check` fails when an active integration has not synced for this long",
+        help="`status --check`: WARNING when an active integration has not synced for this long, CRITICAL beyond twice",
     )
     log_format: str = _setting(
         "EMSYNC_LOG_FORMAT", "text", _choice("text", "json"), help="text (timestamped lines) or json (one object per line)"
