@@ -82,9 +82,9 @@ def users_list(typer_ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(users)
         return
-    from .render import users_table
+    from .render import print_users
 
-    console().print(users_table(users))
+    print_users(console(), users)
 
 
 @users_app.command("remove")
@@ -176,14 +176,14 @@ def integrations_list(typer_ctx: typer.Context, json_out: JsonOpt = False) -> No
     """
     from .. import store
     from ..report import integration_json
-    from .render import integrations_table
+    from .render import print_integration_list
 
     with state(typer_ctx).transaction(write=False) as conn:
         rows = store.list_integrations(conn)
     if json_out:
         print_json([integration_json(r) for r in rows])
         return
-    console().print(integrations_table(rows))
+    print_integration_list(console(), rows)
 
 
 @integrations_app.command("update")
