@@ -2,8 +2,9 @@
 
 48 runs a day × 500 integrations is 8.8 million attempt rows a year. At the
 end of each sync-all, runs that started more than ``EMSYNC_HISTORY_DAYS`` ago
-are deleted with their attempts, a few runs per write transaction, so a
-concurrent run's writes wait at most one small batch (SQLite has one writer).
+are deleted with their attempts, a few runs per write transaction (about
+``ATTEMPTS_PER_BATCH`` attempt rows), so a concurrent run's writes wait at most
+one small batch (SQLite has one writer).
 A run prunes at most ``MAX_BATCHES`` batches or ``TIME_BUDGET_S`` seconds: a
 backlog (a first upgrade with a year of history) is worked off over the next
 runs. Pruning that fails is logged and never fails the sync.
@@ -22,8 +23,9 @@ from .db import write_transaction
 
 log = logging.getLogger("emsync")
 
-RUNS_PER_BATCH = 20  # at 500 integrations, 10,000 attempt rows a transaction
-MAX_BATCHES = 100
+RUNS_PER_BATCH = 20
+ATTEMPTS_PER_BATCH = 5000  # by the runs' own counts; a single run bigger than this is one batch
+MAX_BATCHES = 200
 TIME_BUDGET_S = 10.0
 
 
@@ -34,16 +36,19 @@ class Pruned:
     complete: bool = True  # False: stopped at MAX_BATCHES or TIME_BUDGET_S with more left
 
 
-def prune_history(engine, *, before: datetime, runs_per_batch: int = RUNS_PER_BATCH, max_batches: int = MAX_BATCHES) -> Pruned:
-    """Delete runs that started before ``before`` (and their attempts), in batches of ``runs_per_batch`` runs,
-    one write transaction each. Raises whatever the database raises (``prune`` is the caller that never does)."""
+def prune_history(engine, *, before: datetime, max_batches: int | None = None) -> Pruned:
+    """Delete runs that started before ``before`` (and their attempts), in batches (``RUNS_PER_BATCH`` runs, about
+    ``ATTEMPTS_PER_BATCH`` attempts), one write transaction each, for at most ``max_batches`` (default
+    ``MAX_BATCHES``) batches or ``TIME_BUDGET_S``. Raises whatever the database raises (``prune`` never does)."""
     deadline = time.monotonic() + TIME_BUDGET_S
     total_runs = total_attempts = 0
-    for _ in range(max_batches):
+    for _ in range(MAX_BATCHES if max_batches is None else max_batches):
         with write_transaction(engine) as conn:
-            pruned_runs, pruned_attempts = runs.prune_batch(conn, before=before, runs_per_batch=runs_per_batch)
+            pruned_runs, pruned_attempts = runs.prune_batch(
+                conn, before=before, runs_per_batch=RUNS_PER_BATCH, attempts_per_batch=ATTEMPTS_PER_BATCH
+            )
         total_runs, total_attempts = total_runs + pruned_runs, total_attempts + pruned_attempts
-        if pruned_runs < runs_per_batch:
+        if pruned_runs == 0:
             return Pruned(total_runs, total_attempts, complete=True)
         if time.monotonic() > deadline:
             break

@@ -203,14 +203,21 @@ def held_back(
     return held
 
 
-def prune_batch(conn, *, before: datetime, runs_per_batch: int) -> tuple[int, int]:
-    """Delete up to ``runs_per_batch`` finished runs that started before ``before``, oldest first, with their attempts.
+def prune_batch(conn, *, before: datetime, runs_per_batch: int, attempts_per_batch: int) -> tuple[int, int]:
+    """Delete the oldest finished runs that started before ``before``, with their attempts: at most ``runs_per_batch``
+    runs, and no more than ``attempts_per_batch`` attempts by the runs' own counts (but always one run).
 
     Returns (runs, attempts) deleted; (0, 0) when nothing is left to prune. Reads ``sync_runs`` through its
     ``started_at`` index and ``sync_attempts`` through its ``run_id`` index, so a batch stays small whatever the
     history holds (bench/history_bench.py checks both plans).
     """
-    ids = list(conn.execute(prune_candidates(before, runs_per_batch)).scalars())
+    ids: list[int] = []
+    attempts_seen = 0
+    for run_id, total in conn.execute(prune_candidates(before, runs_per_batch)):
+        if ids and attempts_seen + total > attempts_per_batch:
+            break
+        ids.append(run_id)
+        attempts_seen += total
     if not ids:
         return 0, 0
     attempts = conn.execute(delete(attempts_t).where(attempts_t.c.run_id.in_(ids))).rowcount
@@ -219,8 +226,13 @@ def prune_batch(conn, *, before: datetime, runs_per_batch: int) -> tuple[int, in
 
 
 def prune_candidates(before: datetime, limit: int):
-    """The query choosing the next runs to prune (also what the bench EXPLAINs)."""
-    return select(runs_t.c.id).where(runs_t.c.started_at < before, runs_t.c.status != "running").order_by(runs_t.c.started_at).limit(limit)
+    """The query choosing the next runs to prune, oldest first, with their attempt counts (also what the bench EXPLAINs)."""
+    return (
+        select(runs_t.c.id, runs_t.c.integrations_total)
+        .where(runs_t.c.started_at < before, runs_t.c.status != "running")
+        .order_by(runs_t.c.started_at)
+        .limit(limit)
+    )
 
 
 def recent_runs(conn, limit: int = 10) -> list[dict]:

@@ -180,10 +180,14 @@ def _history(engine) -> tuple[set[int], int]:
     return runs, attempts
 
 
-def test_sync_all_prunes_history_older_than_history_days_in_batches(cli, engine, make_sandbox, monkeypatch):
-    from emsync import history
+@pytest.mark.parametrize("limit, value", [("RUNS_PER_BATCH", 2), ("ATTEMPTS_PER_BATCH", 1)])
+def test_sync_all_prunes_history_older_than_history_days_in_batches(cli, engine, make_sandbox, monkeypatch, limit, value):
+    from emsync import history, runs
 
-    monkeypatch.setattr(history, "RUNS_PER_BATCH", 2)  # 5 old runs: three batches
+    monkeypatch.setattr(history, limit, value)  # 5 old runs: three batches of two runs, or five of one
+    batches = []
+    prune_batch = runs.prune_batch
+    monkeypatch.setattr(runs, "prune_batch", lambda conn, **kw: batches.append(prune_batch(conn, **kw)) or batches[-1])
     make_sandbox()
     integration_id = add_meta(cli, account="act_1")
     old = _old_history(engine, integration_id, runs=5, days_ago=91)
@@ -196,6 +200,8 @@ def test_sync_all_prunes_history_older_than_history_days_in_batches(cli, engine,
     runs, attempts = _history(engine)
     assert not set(old) & runs and set(kept) <= runs and len(runs) == 4, "the kept ones, the sync-user and the sync-all"
     assert attempts == 2 * 3 + 2
+    expected = [(2, 6), (2, 6), (1, 3)] if limit == "RUNS_PER_BATCH" else [(1, 3)] * 5
+    assert batches[: len(expected)] == expected and batches[len(expected)] == (0, 0)
     monkeypatch.setenv("EMSYNC_HISTORY_DAYS", "30")
     assert cli("sync-all").code == 0
     assert not set(kept) & _history(engine)[0]
@@ -240,3 +246,24 @@ def test_pruning_reads_runs_and_attempts_through_indexes(sq_engine):
         )
     assert "ix_sync_runs_started_at" in plan, plan
     assert "ix_sync_attempts_run_id" in delete_plan, delete_plan
+
+
+def test_history_bench_runs_and_finds_every_plan_indexed(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "history_bench.py"), "--db", "sqlite", "--integrations", "10", "--runs", "300"]
+        + ["--no-save", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (report["attempts"], report["runs_left"] + report["pruned_runs"]) == (3000, 300)
+    assert report["attempts_left"] == 10 * report["runs_left"] and report["every_plan_uses_an_index"]
+    statements = " ".join(p["statement"] for p in report["plans"])
+    assert "DELETE FROM sync_attempts" in statements and "sync_runs.started_at <" in statements
