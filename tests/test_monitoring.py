@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from .conftest import add_google, add_meta
+from .test_server import serve  # noqa: F401  (the fixture: `emsync serve` on a loopback port)
 
 pytestmark = pytest.mark.usefixtures("any_db")
 
@@ -267,3 +268,23 @@ def test_history_bench_runs_and_finds_every_plan_indexed(tmp_path):
     assert report["attempts_left"] == 10 * report["runs_left"] and report["every_plan_uses_an_index"]
     statements = " ".join(p["statement"] for p in report["plans"])
     assert "DELETE FROM sync_attempts" in statements and "sync_runs.started_at <" in statements
+
+
+def test_runs_started_by_serve_write_the_metrics_file(cli, make_sandbox, monkeypatch, tmp_path, request):
+    import time
+
+    import requests
+
+    from .test_server import AUTH
+
+    make_sandbox()
+    target = tmp_path / "emsync.prom"
+    monkeypatch.setenv("EMSYNC_METRICS_FILE", str(target))
+    integration_id = add_meta(cli, account="act_1")
+    url = request.getfixturevalue("serve")()
+    assert requests.post(f"{url}/api/cron/sync-all", headers=AUTH, timeout=5).status_code == 202
+    deadline = time.monotonic() + 60
+    while not target.exists() and time.monotonic() < deadline:  # written after the run's record: wait for it
+        time.sleep(0.05)
+    success = _by_id(_families(target)["emsync_integration_last_success_timestamp_seconds"])
+    assert set(success) == {integration_id} and success[integration_id] > 0
