@@ -112,8 +112,8 @@ def build_status(conn, settings: Settings, *, now: datetime | None = None) -> di
 
 
 class Problem(NamedTuple):
-    """One thing ``status --check`` reports: ``level`` "critical" (failing, stale) or "warning" (an account closed
-    upstream and backing off, a sync that warned)."""
+    """One thing ``status --check`` reports: ``level`` "critical" or "warning" (see ``check_problems``), and a
+    sentence naming the integration or the setting concerned."""
 
     level: str
     text: str
