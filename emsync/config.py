@@ -246,7 +246,7 @@ class Settings:
         "EMSYNC_STALE_AFTER_MINUTES",
         90,
         _int(1, 10**7),
-        help="`status --check` fails when an active integration has not synced for this long",
+        help="`status --check`: WARNING when an active integration has not synced for this long, CRITICAL beyond twice",
     )
     log_format: str = _setting(
         "EMSYNC_LOG_FORMAT", "text", _choice("text", "json"), help="text (timestamped lines) or json (one object per line)"
@@ -254,6 +254,18 @@ class Settings:
     log_file: str | None = _setting("EMSYNC_LOG_FILE", None, _text, help="also append logs to this file, rotated at 10 MB, 5 files kept")
     healthcheck_url: str | None = _setting(
         "EMSYNC_HEALTHCHECK_URL", None, _http_url, help="dead-man's switch: URL/start, then URL or URL/fail after each sync-all"
+    )
+    metrics_file: str | None = _setting(
+        "EMSYNC_METRICS_FILE",
+        None,
+        _text,
+        help="after each run, write Prometheus metrics here (node_exporter textfile collector: a *.prom file), mode 0644",
+    )
+    history_days: int = _setting(
+        "EMSYNC_HISTORY_DAYS",
+        90,
+        _int(0, 100000),
+        help="days of sync_runs/sync_attempts kept; older ones are pruned at the end of each sync-all (0: keep all)",
     )
     meta_graph_url: str = _setting("META_GRAPH_URL", "https://graph.facebook.com", _http_url, help="Meta Graph API base URL")
     meta_api_version: str = _setting("META_API_VERSION", "v25.0", _version("v25.0"), help="Meta Marketing API version")

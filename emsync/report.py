@@ -112,8 +112,8 @@ def build_status(conn, settings: Settings, *, now: datetime | None = None) -> di
 
 
 class Problem(NamedTuple):
-    """One thing ``status --check`` reports: ``level`` "critical" (failing, stale) or "warning" (an account closed
-    upstream and backing off, a sync that warned)."""
+    """One thing ``status --check`` reports: ``level`` "critical" or "warning" (see ``check_problems``), and a
+    sentence naming the integration or the setting concerned."""
 
     level: str
     text: str
@@ -163,50 +163,165 @@ def _backfill_json(row: dict, integration: dict, now: datetime) -> dict:
     }
 
 
-def check_problems(report: dict, settings: Settings, *, now: datetime | None = None) -> list[Problem]:
-    """One problem per active integration that needs attention, critical ones first, then the installation's own
-    (the Google budget syncing wider than EMSYNC_STALE_AFTER_MINUTES).
+def undecryptable_credentials(conn, settings: Settings, credential_ids: set[int]) -> list[int]:
+    """The credentials among ``credential_ids`` holding a token the configured key cannot decrypt (all of them that
+    hold tokens when no key is set), in id order: each stored token is tried, not one sample."""
+    from .crypto import TokenBox
+    from .errors import ConfigError
 
-    While Google integrations take turns (``budget``), one is stale only when it
-    missed its turn: older than the effective interval plus EMSYNC_STALE_AFTER_MINUTES.
+    box = TokenBox(settings.secret_key) if settings.secret_key else None
+    failing: set[int] = set()
+    for table_name, _column, key, blob in store.encrypted_tokens(conn):
+        if table_name != "credentials" or key not in credential_ids or key in failing:
+            continue
+        try:
+            if box is None:
+                raise ConfigError("no key")
+            box.decrypt(blob)
+        except ConfigError:
+            failing.add(key)
+    return sorted(failing)
+
+
+def check_problems(
+    report: dict, settings: Settings, *, now: datetime | None = None, undecryptable: list[int] | tuple[int, ...] = ()
+) -> list[Problem]:
+    """What ``status --check`` reports, critical problems first (monitoring-plugin levels).
+
+    Critical: an active integration failing (``error``), ``needs_reauth``, ``rate_limited`` beyond the next run,
+    stale beyond twice its threshold, an expired token, a credential in ``undecryptable``. Warning: stale beyond its
+    threshold, rate-limited until before the next run, a token expiring within 7 days, an account closed upstream
+    (backing off to a daily attempt), a sync that warned, a Google budget that cannot fit.
+
+    An integration's staleness threshold is EMSYNC_STALE_AFTER_MINUTES; while Google integrations take turns
+    (``budget``), a Google one's is its effective interval plus that.
     """
     now = now or datetime.now(UTC)
-    stale = timedelta(minutes=settings.stale_after_minutes)
-    google = report.get("google_operations") or {}
-    google_stale = stale + timedelta(minutes=google["effective_interval_minutes"]) if google.get("spread") else stale
     problems = []
     for item in report["integrations"]:
         if not item["is_active"]:
             continue
         who = f"integration {item['id']} ({item['platform']} {item['account']}, {item['email']})"
-        if item["status"] in ("error", "needs_reauth", "rate_limited"):
-            reason = (item["last_error"] or "").splitlines()[0][:200] if item["last_error"] else ""
-            # An account closed or disabled upstream is not emsync failing: it backs off to one attempt a day.
-            level = "warning" if item["status"] == "error" and item.get("next_attempt_at") else "critical"
-            problems.append(Problem(level, f"{who} is {item['status']}" + (f": {reason}" if reason else "")))
-            continue
-        since = item["last_synced_at"] or item["created_at"]
-        bound = google_stale if item["platform"] == "google" else stale
-        if since is not None and now - since > bound:
-            minutes = int((now - since).total_seconds() // 60)
-            what = "has not synced successfully" if item["last_synced_at"] else "has never synced"
-            problems.append(
-                Problem("critical", f"{who} {what} for {minutes} minutes (EMSYNC_STALE_AFTER_MINUTES={settings.stale_after_minutes})")
+        problems.extend(_integration_problems(item, who, report, settings, now))
+    for credential_id in undecryptable:
+        users = [str(i["id"]) for i in report["integrations"] if i["is_active"] and i.get("credential_id") == credential_id]
+        problems.append(
+            Problem(
+                "critical",
+                f"EMSYNC_SECRET_KEY cannot decrypt the tokens of credential {credential_id} (integrations {', '.join(users)}): "
+                "restore the key they were stored with, or reconnect the login",
             )
-        elif item.get("last_warning"):
-            problems.append(Problem("warning", f"{who} synced with a warning: {item['last_warning'].splitlines()[0][:200]}"))
+        )
     problems.extend(Problem("warning", text) for text in _budget_warnings(report, settings))
     return sorted(problems, key=lambda p: p.level != "critical")
 
 
-def _budget_warnings(report: dict, settings: Settings) -> list[str]:
-    """What ``status --check`` reports as WARNING: the Google budget spreads syncs wider than EMSYNC_STALE_AFTER_MINUTES."""
+def stale_threshold(item: dict, report: dict, settings: Settings) -> timedelta:
+    """How long an active integration may go without a successful sync before it is stale (see ``check_problems``)."""
+    stale = timedelta(minutes=settings.stale_after_minutes)
     google = report.get("google_operations") or {}
+    if item["platform"] == "google" and google.get("spread"):
+        return stale + timedelta(minutes=google["effective_interval_minutes"])
+    return stale
+
+
+def _integration_problems(item: dict, who: str, report: dict, settings: Settings, now: datetime) -> list[Problem]:
+    problems = []
+    reason = (item["last_error"] or "").splitlines()[0][:200] if item["last_error"] else ""
+    because = f": {reason}" if reason else ""
+    status = item["status"]
+    if status == "error" and item.get("next_attempt_at"):
+        # An account closed or disabled upstream is not emsync failing: it backs off to one attempt a day.
+        problems.append(Problem("warning", f"{who} is error (closed or disabled upstream; daily attempt){because}"))
+    elif status == "rate_limited":
+        until = item.get("rate_limited_until")
+        if until is not None and until > now + budget.RUN_SPACING:
+            problems.append(Problem("critical", f"{who} is rate_limited until {until:%Y-%m-%d %H:%M} UTC, beyond the next run{because}"))
+        else:
+            problems.append(Problem("warning", f"{who} is rate_limited; the next run retries it{because}"))
+    elif status in ("error", "needs_reauth"):
+        problems.append(Problem("critical", f"{who} is {status}{because}"))
+    else:
+        since = item["last_synced_at"] or item["created_at"]
+        bound = stale_threshold(item, report, settings)
+        if since is not None and now - since > bound:
+            minutes = int((now - since).total_seconds() // 60)
+            what = "has not synced successfully" if item["last_synced_at"] else "has never synced"
+            level = "critical" if now - since > 2 * bound else "warning"
+            limit = int(bound.total_seconds() // 60)
+            problems.append(Problem(level, f"{who} {what} for {minutes} minutes (stale after {limit} minutes)"))
+        if item.get("last_warning"):
+            problems.append(Problem("warning", f"{who} synced with a warning: {item['last_warning'].splitlines()[0][:200]}"))
+    expires = item.get("token_expires_at")
+    if expires is not None and expires <= now and status != "needs_reauth":
+        problems.append(Problem("critical", f"{who}: its token expired {expires:%Y-%m-%d %H:%M} UTC; reconnect the login"))
+    elif expires is not None and expires - now < TOKEN_WARNING:
+        problems.append(Problem("warning", f"{who}: its token expires {expires:%Y-%m-%d %H:%M} UTC"))
+    return problems
+
+
+def _budget_warnings(report: dict, settings: Settings) -> list[str]:
+    """What ``status --check`` reports as WARNING about the Google budget: it cannot sync each Google integration even
+    once a day, or it spreads syncs wider than EMSYNC_STALE_AFTER_MINUTES."""
+    google = report.get("google_operations") or {}
+    customers = google.get("google_integrations") or 0
+    if customers and google.get("regular_budget", customers) < customers:
+        return [
+            f"{google['regular_budget']} Google Ads operations a day cannot sync {customers} Google integrations even once: "
+            "raise GOOGLE_ADS_DAILY_OPERATIONS (a higher access level) or lower EMSYNC_BACKFILL_GOOGLE_OPS"
+        ]
     minutes = google.get("effective_interval_minutes") or 0
     if google.get("spread") and minutes > settings.stale_after_minutes:
         return [
-            f"the Google Ads operations budget syncs each of {google['google_integrations']} Google integrations every "
+            f"the Google Ads operations budget syncs each of {customers} Google integrations every "
             f"{minutes:.0f} minutes, more than EMSYNC_STALE_AFTER_MINUTES ({settings.stale_after_minutes}): raise "
             "GOOGLE_ADS_DAILY_OPERATIONS (a higher access level) or accept the interval"
         ]
     return []
+
+
+# The monitoring-plugin convention (Nagios, Icinga, Zabbix's and Checkmk's agents): exit code and first word.
+CHECK_STATES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+
+
+def check_line(report: dict, problems: list[Problem], settings: Settings, *, now: datetime | None = None) -> tuple[int, str]:
+    """(exit code, the one line ``status --check`` prints): ``EMSYNC STATE - text | perfdata``."""
+    now = now or datetime.now(UTC)
+    critical = [p for p in problems if p.level == "critical"]
+    code = 2 if critical else 1 if problems else 0
+    active = [i for i in report["integrations"] if i["is_active"]]
+    if problems:
+        first = problems[0].text
+        more = len(problems) - 1
+        text = first + (f" (+{more} more: {len(critical)} critical, {len(problems) - len(critical)} warning)" if more else "")
+    else:
+        text = f"{len(active)} active integrations healthy"
+    return code, f"EMSYNC {CHECK_STATES[code]} - {_one_line(text)} | {perfdata(report, problems, settings, now)}"
+
+
+def perfdata(report: dict, problems: list[Problem], settings: Settings, now: datetime) -> str:
+    """Counts for graphs: active integrations, failing ones, by status, stale ones, warnings and criticals,
+    the oldest last success (seconds)."""
+    active = [i for i in report["integrations"] if i["is_active"]]
+    stale = 0
+    for item in active:
+        since = item["last_synced_at"] or item["created_at"]
+        if item["status"] in ("ok", "never_synced") and since is not None and now - since > stale_threshold(item, report, settings):
+            stale += 1
+    synced = [i["last_synced_at"] for i in active if i["last_synced_at"]]
+    oldest = int((now - min(synced)).total_seconds()) if synced else 0
+    values = {
+        "integrations": len(active),
+        "failing": sum(i["status"] in ("error", "needs_reauth", "rate_limited") for i in active),
+        "needs_reauth": sum(i["status"] == "needs_reauth" for i in active),
+        "rate_limited": sum(i["status"] == "rate_limited" for i in active),
+        "stale": stale,
+        "critical": sum(p.level == "critical" for p in problems),
+        "warning": sum(p.level == "warning" for p in problems),
+    }
+    return " ".join(f"{k}={v}" for k, v in values.items()) + f" oldest_success_age={max(oldest, 0)}s"
+
+
+def _one_line(text: str) -> str:
+    """No newline and no '|' (which starts perfdata) in a plugin's text."""
+    return " ".join(text.split()).replace("|", "/")

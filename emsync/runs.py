@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 
 from .domain import SyncWindow
 from .models import attempts_t, integrations_t, runs_t, users_t
@@ -156,6 +156,87 @@ def due_integrations(conn, *, email: str | None, platform: str | None, include_r
     if platform is not None:
         query = query.where(integrations_t.c.platform == platform)
     return [DueIntegration(r.id, r.platform, r.account_id, r.email, r.last_sync_started_at, r.last_attempt_at) for r in conn.execute(query)]
+
+
+def held_back(
+    conn, *, email: str | None, platform: str | None, include_reauth: bool, now: datetime
+) -> list[tuple[DueIntegration, str, str, datetime | None]]:
+    """Active integrations ``due_integrations`` leaves out, each as (integration, kind, reason, retry time), in id order.
+
+    ``kind`` is ``rate_limited`` (its retry time has not come), ``needs_reauth`` (not for ``include_reauth``) or
+    ``closed_upstream`` (an account closed or disabled upstream before its daily attempt; not for ``include_reauth``).
+    A run reports them as skipped, with the reason, instead of leaving them out silently.
+    """
+    limited = and_(
+        integrations_t.c.status == "rate_limited",
+        integrations_t.c.rate_limited_until.is_not(None),
+        integrations_t.c.rate_limited_until > now,
+    )
+    conditions = [limited]
+    if not include_reauth:
+        conditions += [integrations_t.c.status == "needs_reauth", integrations_t.c.next_attempt_at > now]
+    query = (
+        select(
+            integrations_t.c.id,
+            integrations_t.c.platform,
+            integrations_t.c.account_id,
+            users_t.c.email,
+            integrations_t.c.status,
+            integrations_t.c.rate_limited_until,
+            integrations_t.c.next_attempt_at,
+        )
+        .join(users_t, users_t.c.id == integrations_t.c.user_id)
+        .where(integrations_t.c.is_active.is_(True), or_(*conditions))
+        .order_by(integrations_t.c.id)
+    )
+    if email is not None:
+        query = query.where(users_t.c.email == email)
+    if platform is not None:
+        query = query.where(integrations_t.c.platform == platform)
+    held = []
+    for r in conn.execute(query):
+        item = DueIntegration(r.id, r.platform, r.account_id, r.email)
+        if r.status == "rate_limited":
+            held.append((item, "rate_limited", f"rate_limited until {r.rate_limited_until:%Y-%m-%d %H:%M} UTC", r.rate_limited_until))
+        elif r.status == "needs_reauth":
+            reason = f"needs_reauth: reconnect the login or run 'emsync integrations update {r.id}' (sync-user still tries it)"
+            held.append((item, "needs_reauth", reason, None))
+        else:
+            reason = f"account closed or disabled upstream; next attempt {r.next_attempt_at:%Y-%m-%d %H:%M} UTC"
+            held.append((item, "closed_upstream", reason, r.next_attempt_at))
+    return held
+
+
+def prune_batch(conn, *, before: datetime, runs_per_batch: int, attempts_per_batch: int) -> tuple[int, int]:
+    """Delete the oldest finished runs that started before ``before``, with their attempts: at most ``runs_per_batch``
+    runs, and no more than ``attempts_per_batch`` attempts by the runs' own counts (but always one run).
+
+    Returns (runs, attempts) deleted; (0, 0) when nothing is left to prune. Reads ``sync_runs`` through its
+    ``started_at`` index and ``sync_attempts`` through its ``run_id`` index, so a batch stays small whatever the
+    history holds (bench/history_bench.py checks both plans).
+    """
+    ids: list[int] = []
+    attempts_seen = 0
+    for run_id, total in conn.execute(prune_candidates(before, runs_per_batch)):
+        if ids and attempts_seen + total > attempts_per_batch:
+            break
+        ids.append(run_id)
+        attempts_seen += total
+    if not ids:
+        return 0, 0
+    attempts = conn.execute(delete(attempts_t).where(attempts_t.c.run_id.in_(ids))).rowcount
+    deleted = conn.execute(delete(runs_t).where(runs_t.c.id.in_(ids))).rowcount
+    return deleted, attempts
+
+
+def prune_candidates(before: datetime, limit: int):
+    """The query choosing the next runs to prune, oldest first, with their attempt counts (also what the bench EXPLAINs)."""
+    return (
+        select(runs_t.c.id, runs_t.c.integrations_total)
+        .where(runs_t.c.started_at < before, runs_t.c.status != "running")
+        .order_by(runs_t.c.started_at)
+        .limit(limit)
+    )
 
 
 def recent_runs(conn, limit: int = 10) -> list[dict]:

@@ -62,6 +62,25 @@ def user_id_for(conn, email: str) -> int:
     return found
 
 
+def remove_user(conn, email: str) -> dict:
+    """Delete a user with every integration of theirs (each with its rows, campaigns and attempt records).
+
+    Credentials stay (another user's integrations may share one; a Google login is revoked by
+    ``credentials remove``). Returns ``{"id", "email", "integrations": {id: rows deleted}, "unused_credentials": [ids]}``.
+
+    Raises:
+        UnknownUser: no user with that email.
+    """
+    user_id = user_id_for(conn, email)
+    query = select(integrations_t.c.id, integrations_t.c.credential_id).where(integrations_t.c.user_id == user_id)
+    found = conn.execute(query.order_by(integrations_t.c.id)).all()
+    removed = {row.id: remove_integration(conn, row.id) for row in found}
+    conn.execute(delete(users_t).where(users_t.c.id == user_id))
+    credentials = sorted({row.credential_id for row in found})
+    unused = [c for c in credentials if not integrations_using(conn, c)]
+    return {"id": user_id, "email": validate.email(email), "integrations": removed, "unused_credentials": unused}
+
+
 # ---------------------------------------------------------------- integrations
 
 
@@ -302,6 +321,34 @@ def remove_integration(conn, integration_id: int) -> int:
     conn.execute(delete(attempts_t).where(attempts_t.c.integration_id == integration_id))
     conn.execute(delete(integrations_t).where(integrations_t.c.id == integration_id))
     return rows
+
+
+RESETTABLE = ("rate_limited", "error", "needs_reauth")
+
+
+def reset_integration(conn, integration_id: int) -> tuple[dict, dict]:
+    """Clear ``rate_limited``, ``error`` or ``needs_reauth`` (and the retry time, the daily back-off of an account
+    closed upstream, the Google budget's turn) so the next run tries the integration: status ``never_synced``
+    until then, as after new credentials. Returns (before, after); an integration in another status is unchanged.
+
+    Raises:
+        UserError: no integration with that id.
+    """
+    before = get_integration(conn, integration_id)
+    if before["status"] in RESETTABLE:
+        conn.execute(
+            update(integrations_t)
+            .where(integrations_t.c.id == integration_id)
+            .values(
+                status="never_synced",
+                last_error=None,
+                rate_limited_until=None,
+                next_attempt_at=None,
+                last_attempt_at=None,
+                updated_at=utcnow(),
+            )
+        )
+    return before, get_integration(conn, integration_id)
 
 
 def save_account_info(conn, integration_id: int, *, currency: str | None, time_zone: str | None, name: str | None, now: datetime) -> None:

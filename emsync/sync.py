@@ -102,6 +102,8 @@ class IntegrationResult:
     window: SyncWindow | None = None
     retry_at: datetime | None = None
     warnings: list[str] = field(default_factory=list)
+    # Why a skipped one was skipped, in one word (SKIP_KINDS); ``error`` holds the reason in words.
+    skip_kind: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -128,11 +130,24 @@ class IntegrationResult:
             "error": self.error,
             "retry_at": self.retry_at.isoformat() if self.retry_at else None,
             "warnings": list(self.warnings),
+            "skip_reason": self.skip_kind,
         }
 
 
 # An interrupted run's integrations that never finished: stopped in flight (nothing written) or never begun.
 UNFINISHED = ("interrupted", "not_started")
+# Why a run skipped an integration: its ``IntegrationResult.skip_kind``, counted in the run's summary and JSON.
+SKIP_KINDS = (
+    "rate_limited",  # its retry time has not come
+    "needs_reauth",  # sync-all leaves it until new credentials (sync-user tries it)
+    "closed_upstream",  # an account closed or disabled upstream, before its daily attempt
+    "leased_elsewhere",  # another run is syncing it
+    "already_synced",  # another run attempted it after this one started
+    "fresh",  # synced successfully less than EMSYNC_MIN_INTERVAL_MINUTES ago
+    "budget_turn",  # a Google integration whose turn under the operations budget has not come
+    "google_quota",  # Google's operations for the day are used up
+    "disabled",  # removed or disabled meanwhile
+)
 
 
 @dataclass
@@ -140,6 +155,7 @@ class RunResult:
     run_id: int
     started_at: datetime
     due: int = 0
+    held_back: int = 0  # active integrations not due (rate_limited, needs_reauth, closed upstream), reported as skipped
     results: list[IntegrationResult] = field(default_factory=list)
     duration_s: float = 0.0
     interrupted: bool = False  # stopped by Ctrl-C or SIGTERM (``interrupts``)
@@ -176,6 +192,12 @@ class RunResult:
         return sum(r.status == "not_started" for r in self.results)
 
     @property
+    def skipped_by_reason(self) -> dict[str, int]:
+        """How many were skipped for each reason (``SKIP_KINDS``), in that order."""
+        kinds = [r.skip_kind or "other" for r in self.results if r.status == "skipped"]
+        return {kind: kinds.count(kind) for kind in (*SKIP_KINDS, "other") if kind in kinds}
+
+    @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
@@ -184,7 +206,8 @@ class RunResult:
             return self.interrupted_line()
         text = f"Sync completed: {self.succeeded} success, {self.failed} failed"
         if self.skipped:
-            text += f", {self.skipped} skipped"
+            reasons = ", ".join(f"{n} {kind}" for kind, n in self.skipped_by_reason.items())
+            text += f", {self.skipped} skipped ({reasons})"
         return f"{text}, {self.rows} rows in {self.duration_s:.1f}s"
 
     def interrupted_line(self) -> str:
@@ -211,6 +234,7 @@ class RunResult:
             "skipped": self.skipped,
             "stopped": self.stopped,
             "not_started": self.not_started,
+            "skipped_by_reason": self.skipped_by_reason,
             "rows": self.rows,
             "integrations": [r.as_dict() for r in self.results],
         }
@@ -344,7 +368,17 @@ class Syncer:
             ping.finish(False, f"emsync run crashed: {describe_failure(exc) if isinstance(exc, Exception) else type(exc).__name__}")
             raise
         ping.finish(result.status == "ok", result.summary())
+        if not result.interrupted:
+            self._housekeeping(options)
         return result
+
+    def _housekeeping(self, options: SyncOptions) -> None:
+        """After a run: prune old history (sync-all only) and write EMSYNC_METRICS_FILE. Never fails the run."""
+        from . import history, metrics
+
+        if options.email is None:
+            history.prune(self.db, self.settings, now=self.clock.now())
+        metrics.write_after_run(self.db, self.settings, now=self.clock.now())
 
     def _run(self, options: SyncOptions, opened: RunResult | None) -> RunResult:
         clock = time.monotonic()
@@ -358,9 +392,13 @@ class Syncer:
                 )
                 plan = budget.google_budget(self.settings, budget.active_google(conn))
                 self.google_exhausted = ledger.exhausted_until(conn, result.started_at)
-            result.due = len(due)
+                held = runs.held_back(
+                    conn, email=options.email, platform=options.platform, include_reauth=options.email is not None, now=result.started_at
+                )
+            result.due, result.held_back = len(due), len(held)
             log.info("Found %d active integrations%s", len(due), f" for {options.email}" if options.email else "")
-            self.on_start(len(due))
+            self.on_start(len(due) + len(held))
+            self._report_held_back(held, result)
             waiting: list[tuple[DueIntegration, datetime]] = []
             if options.email is None:  # sync-user is a person pressing "Sync Data": no turns for them
                 due, waiting = budget.take_turns(due, plan, result.started_at)
@@ -371,13 +409,13 @@ class Syncer:
             for item, turn in waiting:
                 skipped = IntegrationResult(item.id, item.platform, item.email, item.account_id, status="skipped", retry_at=turn)
                 reason = f"Google Ads operations budget: {plan.cadence}; next turn {turn:%Y-%m-%d %H:%M} UTC"
-                result.results.append(self._skip(skipped, reason, quiet=True))
+                result.results.append(self._skip(skipped, reason, quiet=True, kind="budget_turn"))
                 log.debug("Skipping %s (%s): %s", item.email, skipped.label, reason)
                 self.on_result(skipped)
             fresh = [item for item in due if _is_fresh(item.last_sync_started_at, fresh_after)]
             for item in fresh:  # judged from the selection: no claim, no round trip
                 skipped = IntegrationResult(item.id, item.platform, item.email, item.account_id, status="skipped")
-                result.results.append(self._skip(skipped, _fresh_reason(item.last_sync_started_at), quiet=True))
+                result.results.append(self._skip(skipped, _fresh_reason(item.last_sync_started_at), quiet=True, kind="fresh"))
                 self.on_result(skipped)
             if fresh:
                 log.info("Skipping %d integrations synced less than %d minutes ago", len(fresh), self.settings.min_interval_minutes)
@@ -435,7 +473,7 @@ class Syncer:
                         conn,
                         result.run_id,
                         now=self.clock.now(),
-                        total=result.due,
+                        total=result.due + result.held_back,
                         succeeded=result.succeeded,
                         failed=result.failed,
                         skipped=result.skipped,
@@ -482,7 +520,7 @@ class Syncer:
         try:
             claim = locker.try_claim(item.id)
             if claim is None:
-                return self._skip(result, "another run is syncing it")
+                return self._skip(result, "another run is syncing it", kind="leased_elsewhere")
             with claim:  # released on the way out, whatever happens (an interrupt included)
                 if self.cancel.is_set():
                     result.status = "not_started"
@@ -492,15 +530,17 @@ class Syncer:
                     with self.db.begin() as conn:
                         state = store.integration_state(conn, item.id)
                 if state is None or not state.is_active:
-                    return self._skip(result, "removed or disabled meanwhile", quiet=True)
+                    return self._skip(result, "removed or disabled meanwhile", quiet=True, kind="disabled")
                 if not options.force and state.last_attempt_at is not None and state.last_attempt_at >= run.started_at:
-                    return self._skip(result, "already synced by another run")
+                    return self._skip(result, "already synced by another run", kind="already_synced")
                 if _is_fresh(state.last_sync_started_at, fresh_after):  # another host synced it since the selection
-                    return self._skip(result, _fresh_reason(state.last_sync_started_at))
+                    return self._skip(result, _fresh_reason(state.last_sync_started_at), kind="fresh")
                 if state.platform == "google" and self.google_exhausted is not None:
                     result.retry_at = self.google_exhausted
                     return self._skip(
-                        result, f"Google Ads operations for today are used up; next try after {self.google_exhausted:%Y-%m-%d %H:%M} UTC"
+                        result,
+                        f"Google Ads operations for today are used up; next try after {self.google_exhausted:%Y-%m-%d %H:%M} UTC",
+                        kind="google_quota",
                     )
                 log.info("Syncing %s for %s (%s)...", item.platform, item.email, result.label)
                 self._attempt(state, claim, result, run.run_id, options, session)
@@ -510,8 +550,16 @@ class Syncer:
         self._log_result(result, run.run_id)
         return result
 
-    def _skip(self, result: IntegrationResult, reason: str, *, quiet: bool = False) -> IntegrationResult:
+    def _report_held_back(self, held: list[tuple[DueIntegration, str, str, datetime | None]], result: RunResult) -> None:
+        """Active integrations the run does not take (rate_limited, needs_reauth, closed upstream): skipped, with why."""
+        for item, kind, reason, retry_at in held:
+            skipped = IntegrationResult(item.id, item.platform, item.email, item.account_id, status="skipped", retry_at=retry_at)
+            result.results.append(self._skip(skipped, reason, kind=kind))
+            self.on_result(skipped)
+
+    def _skip(self, result: IntegrationResult, reason: str, *, quiet: bool = False, kind: str | None = None) -> IntegrationResult:
         result.error = reason
+        result.skip_kind = kind
         if not quiet:
             log.info("Skipping %s for %s (%s): %s", result.platform, result.email, result.label, reason)
         return result

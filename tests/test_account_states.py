@@ -42,7 +42,7 @@ def test_a_closed_account_stays_error_and_is_tried_once_a_day(cli, engine, make_
     assert sb.count(account=account) == 0
 
     check = cli("status", "--check")
-    assert check.code == 0 and check.out.startswith("WARNING: ") and f"integration {integration_id} " in check.out
+    assert check.code == 1 and check.out.startswith("EMSYNC WARNING - ") and f"integration {integration_id} " in check.out
     assert "CRITICAL" not in check.out
     status = cli("status")
     assert "(daily)" in status.out and "next attempt" in status.out
@@ -86,7 +86,7 @@ def test_meta_accounts_in_other_states_sync_with_a_warning(cli, make_sandbox, st
     item = integration(cli, integration_id)
     assert item["status"] == "ok" and name in item["last_warning"] and item["next_attempt_at"] is None
     check = cli("status", "--check")
-    assert check.code == 0 and check.out.startswith("WARNING: ") and name in check.out
+    assert check.code == 1 and check.out.startswith("EMSYNC WARNING - ") and name in check.out
 
 
 def test_check_is_critical_when_anything_fails_even_beside_warnings(cli, make_sandbox):
@@ -95,7 +95,8 @@ def test_check_is_critical_when_anything_fails_even_beside_warnings(cli, make_sa
     failing = add_meta(cli, "anna@example.com", "act_2", "EAABtwo")
     assert cli("sync-all").code == 1
     check = cli("status", "--check")
-    assert check.code == 1 and check.out.startswith("CRITICAL: ") and f"integration {failing} " in check.out and "(+1 more)" in check.out
+    assert check.code == 2 and check.out.startswith("EMSYNC CRITICAL - ") and f"integration {failing} " in check.out
+    assert "(+1 more: 1 critical, 1 warning)" in check.out and check.out.count("\n") == 1
 
 
 def test_check_is_ok_without_problems(cli, make_sandbox):
@@ -103,4 +104,4 @@ def test_check_is_ok_without_problems(cli, make_sandbox):
     add_google(cli, account="1111111111")
     assert cli("sync-all").code == 0
     check = cli("status", "--check")
-    assert check.code == 0 and check.out.startswith("OK: ")
+    assert check.code == 0 and check.out.startswith("EMSYNC OK - 1 active integrations healthy | integrations=1 failing=0 ")

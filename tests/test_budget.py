@@ -188,9 +188,9 @@ def test_sync_all_skips_a_google_integration_until_its_turn_and_says_when(cli, m
     assert any("each is synced once a day (every 1440 minutes)" in w for w in report["warnings"])
     assert "Google Ads operations today" in cli("status").out
     check = cli("status", "--check")
-    assert check.code == 1 and check.out.startswith("WARNING:") and "every 1440 minutes" in check.out
+    assert check.code == 1 and check.out.startswith("EMSYNC WARNING -") and "every 1440 minutes" in check.out
     monkeypatch.setenv("EMSYNC_STALE_AFTER_MINUTES", "1500")
-    assert cli("status", "--check").out.startswith("OK:")
+    assert cli("status", "--check").out.startswith("EMSYNC OK -")
 
 
 def test_sync_user_is_not_held_to_turns(cli, make_sandbox, monkeypatch):

@@ -97,25 +97,104 @@ def test_google_quota_warning(cli, monkeypatch):
 @pytest.mark.parametrize(
     "change, code, words",
     [
-        ({}, 0, "OK:"),
-        ({"status": "error", "last_error": "Meta error 2: boom\nsecond line"}, 1, "is error: Meta error 2: boom"),
-        ({"status": "needs_reauth", "last_error": "Meta error 190"}, 1, "is needs_reauth"),
-        ({"status": "rate_limited", "last_error": "quota"}, 1, "is rate_limited"),
-        ({"last_synced_at": timedelta(minutes=200)}, 1, "has not synced successfully for 200 minutes"),
-        ({"status": "never_synced", "last_synced_at": None, "created_at": timedelta(hours=3)}, 1, "has never synced"),
-        ({"status": "never_synced", "last_synced_at": None}, 0, "OK:"),
-        ({"status": "error", "is_active": False}, 0, "OK:"),
+        ({}, 0, "EMSYNC OK - 1 active integrations healthy"),
+        ({"status": "error", "last_error": "Meta error 2: boom\nsecond line"}, 2, "is error: Meta error 2: boom"),
+        ({"status": "needs_reauth", "last_error": "Meta error 190"}, 2, "is needs_reauth"),
+        ({"status": "rate_limited", "last_error": "quota"}, 1, "is rate_limited; the next run retries it"),
+        ({"status": "rate_limited", "rate_limited_until": -timedelta(minutes=20)}, 1, "the next run retries it"),
+        ({"status": "rate_limited", "rate_limited_until": -timedelta(hours=2)}, 2, "beyond the next run"),
+        ({"last_synced_at": timedelta(minutes=120)}, 1, "has not synced successfully for 120 minutes (stale after 90 minutes)"),
+        ({"last_synced_at": timedelta(minutes=200)}, 2, "has not synced successfully for 200 minutes"),
+        ({"status": "never_synced", "last_synced_at": None, "created_at": timedelta(minutes=150)}, 1, "has never synced"),
+        ({"status": "never_synced", "last_synced_at": None, "created_at": timedelta(hours=4)}, 2, "has never synced"),
+        ({"status": "never_synced", "last_synced_at": None}, 0, "EMSYNC OK"),
+        ({"status": "error", "is_active": False}, 0, "EMSYNC OK - 0 active integrations healthy"),
+        ({"last_warning": "renewing the Meta access token failed"}, 1, "synced with a warning: renewing the Meta access token failed"),
+        ({"token_expires_at": -timedelta(days=3)}, 1, "its token expires"),
+        ({"token_expires_at": timedelta(minutes=1)}, 2, "its token expired"),
     ],
 )
 def test_status_check(cli, engine, change, code, words):
+    """Monitoring-plugin levels: exit 0 OK, 1 WARNING, 2 CRITICAL; one line, perfdata after '|'."""
     integration_id = add_meta(cli, account="act_1")
     _set(engine, integration_id, status="ok", last_synced_at=datetime.now(UTC) - timedelta(minutes=5))
-    if change:  # a timedelta means "that long ago", computed now rather than at collection
+    if change:  # a timedelta means "that long ago" (negative: from now), computed now rather than at collection
         now = datetime.now(UTC)
-        _set(engine, integration_id, **{k: now - v if isinstance(v, timedelta) else v for k, v in change.items()})
+        values = {k: now - v if isinstance(v, timedelta) else v for k, v in change.items()}
+        if "token_expires_at" in values:  # the credential's expiry, copied on its integrations
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE credentials SET token_expires_at = :t"), {"t": values["token_expires_at"]})
+        _set(engine, integration_id, **values)
     result = cli("status", "--check")
-    assert result.code == code
-    assert words in result.out and result.out.count("\n") == 1
+    assert result.code == code, result.out
+    state = {0: "OK", 1: "WARNING", 2: "CRITICAL"}[code]
+    assert result.out.startswith(f"EMSYNC {state} - ") and words in result.out and result.out.count("\n") == 1
+    text_part, perfdata = result.out.strip().split(" | ")
+    fields = dict(item.split("=") for item in perfdata.split())
+    assert set(fields) == {"integrations", "failing", "needs_reauth", "rate_limited", "stale", "critical", "warning", "oldest_success_age"}
+    assert fields["failing"] == str(
+        int(change.get("status") in ("error", "needs_reauth", "rate_limited") and change.get("is_active", True))
+    )
+
+
+def test_status_check_staleness_follows_the_google_budget(cli, engine, monkeypatch):
+    """A Google integration taking turns is stale only past its own effective interval (plus the threshold)."""
+    monkeypatch.setenv("GOOGLE_ADS_DAILY_OPERATIONS", "3")  # 3 integrations, once a day each: every 1440 minutes
+    monkeypatch.setenv("EMSYNC_STALE_AFTER_MINUTES", "2000")  # so the budget itself is no warning
+    ids = [add_google(cli, "a@example.com", f"{n}" * 10, f"1//r{n}") for n in (1, 2, 3)]
+    meta = add_meta(cli, account="act_1")
+    for integration_id in ids:
+        _set(engine, integration_id, status="ok", last_synced_at=datetime.now(UTC) - timedelta(minutes=2100))
+    _set(engine, meta, status="ok", last_synced_at=datetime.now(UTC) - timedelta(minutes=5))
+    assert cli("status", "--check").code == 0, "2100 minutes is within 1440 + 2000"
+    _set(engine, ids[0], last_synced_at=datetime.now(UTC) - timedelta(minutes=4000))
+    result = cli("status", "--check")
+    assert result.code == 1 and f"integration {ids[0]} " in result.out and "stale after 3440 minutes" in result.out
+    _set(engine, ids[0], last_synced_at=datetime.now(UTC) - timedelta(minutes=7000))
+    assert cli("status", "--check").code == 2
+    _set(engine, meta, last_synced_at=datetime.now(UTC) - timedelta(minutes=2100))
+    assert " stale=1 " not in cli("status", "--check").out and " stale=2 " in cli("status", "--check").out
+
+
+def test_status_check_critical_when_the_key_cannot_decrypt_a_credential(cli, engine, monkeypatch):
+    from emsync.crypto import TokenBox, new_key
+
+    good = add_meta(cli, account="act_1")
+    other = add_meta(cli, "bob@example.com", "act_2", "EAABbob-token")
+    for integration_id in (good, other):
+        _set(engine, integration_id, status="ok", last_synced_at=datetime.now(UTC) - timedelta(minutes=5))
+    assert cli("status", "--check").code == 0
+    with engine.begin() as conn:  # bob's token, stored under another key
+        credential = conn.execute(text("SELECT credential_id FROM integrations WHERE id = :i"), {"i": other}).scalar()
+        blob = TokenBox(new_key()).encrypt("EAABbob-token")
+        conn.execute(text("UPDATE credentials SET access_token_enc = :b WHERE id = :c"), {"b": blob, "c": credential})
+    result = cli("status", "--check")
+    assert result.code == 2 and f"cannot decrypt the tokens of credential {credential} (integrations {other})" in result.out
+    monkeypatch.delenv("EMSYNC_SECRET_KEY")
+    assert cli("status", "--check").code == 2, "no key at all: no token can be used"
+
+
+@pytest.mark.parametrize(
+    "args, env, words",
+    [
+        (["status", "--check", "--bogus"], {}, "No such option"),
+        (["--env-file", "missing.env", "status", "--check"], {}, "missing.env does not exist"),
+        (["status", "--check"], {"EMSYNC_CONCURRENCY": "-3"}, "EMSYNC_CONCURRENCY must be between"),
+        (["status", "--check"], {"EMSYNC_DATABASE_URL": "sqlite:////nonexistent/dir/emsync.db"}, "no database at"),
+    ],
+)
+def test_status_check_unknown_when_it_cannot_judge(cli, monkeypatch, args, env, words):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = cli(*args)
+    assert result.code == 3 and result.out.startswith("EMSYNC UNKNOWN - ") and words in result.out, (result.out, result.err)
+    assert result.out.count("\n") == 1 and "Traceback" not in result.text
+
+
+def test_status_check_unknown_when_postgres_is_unreachable(cli, monkeypatch):
+    monkeypatch.setenv("EMSYNC_DATABASE_URL", "postgresql+psycopg://emsync:secret-pw@127.0.0.1:1/emsync")
+    result = cli("status", "--check")
+    assert result.code == 3 and result.out.startswith("EMSYNC UNKNOWN - database error") and "secret-pw" not in result.text
 
 
 def test_stale_after_is_configurable(cli, engine, monkeypatch):
@@ -124,6 +203,8 @@ def test_stale_after_is_configurable(cli, engine, monkeypatch):
     assert cli("status", "--check").code == 0
     monkeypatch.setenv("EMSYNC_STALE_AFTER_MINUTES", "30")
     assert cli("status", "--check").code == 1
+    monkeypatch.setenv("EMSYNC_STALE_AFTER_MINUTES", "15")
+    assert cli("status", "--check").code == 2
 
 
 # ---------------------------------------------------------------- output modes and logs
@@ -308,7 +389,7 @@ def test_crontab_lines_run_as_written(cli, make_sandbox, tmp_path):
     check = subprocess.run(
         ["sh", "-c", _localise(check_line.split(None, 5)[5], tmp_path)], capture_output=True, text=True, env=_clean_env(), timeout=60
     )
-    assert check.stdout.startswith("CRITICAL: integration 1")
+    assert check.stdout.startswith("EMSYNC CRITICAL - integration 1")
     assert any(line.startswith("# */15 * * * *") for line in (ROOT / "crontab.example").read_text().splitlines())
 
 

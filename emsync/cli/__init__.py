@@ -65,6 +65,8 @@ def _reader_gone() -> int:
 def _main(args: list[str]) -> int:
     command = typer.main.get_command(app)
     verbose = "--verbose" in args or "-v" in args
+    if _is_status_check(args):
+        return _as_check(command, args, verbose)
     try:
         result = command.main(args=args, prog_name="emsync", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -106,6 +108,49 @@ def _main(args: list[str]) -> int:
             return 2
         print(f"emsync: internal error: {type(exc).__name__}: {_redacted(exc)} (run with --verbose for details)", file=sys.stderr)
         return 1
+
+
+def _is_status_check(args: list[str]) -> bool:
+    """``emsync [global options] status ... --check``: a monitoring plugin, whose errors are UNKNOWN (exit 3)."""
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--env-file":
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return arg == "status" and "--check" in args
+    return False
+
+
+def _as_check(command, args: list[str], verbose: bool) -> int:
+    """Run ``status --check``; anything that keeps it from judging — a usage error, a bad setting, the database
+    unreachable, a surprise — is one ``EMSYNC UNKNOWN - reason`` line on stdout and exit 3."""
+    try:
+        result = command.main(args=args, prog_name="emsync", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:
+        reason = f"{exc.format_message()} (see 'emsync status --help')"
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    except BrokenPipeError:
+        raise  # main's: a reader that went away is not an error
+    except Exception as exc:  # noqa: BLE001 - a plugin reports every failure as UNKNOWN
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(exc, SQLAlchemyError):
+            from ..db import describe_error
+            from ..redaction import redact
+
+            reason = f"database error: {redact(describe_error(exc))}"
+        else:
+            reason = _redacted(exc) if isinstance(exc, EmsyncError) else f"{type(exc).__name__}: {_redacted(exc)}"
+    print("EMSYNC UNKNOWN - " + " ".join(reason.split()).replace("|", "/"))
+    return 3
 
 
 def _redacted(exc: Exception) -> str:

@@ -134,9 +134,42 @@ def users_list(typer_ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(users)
         return
-    from .render import users_table
+    from .render import print_users
 
-    console().print(users_table(users))
+    print_users(console(), users)
+
+
+@users_app.command("remove")
+def users_remove(
+    typer_ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="The user's email.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a user with all their integrations and metric rows, in one transaction.
+
+    Credentials stay: 'emsync credentials remove ID' revokes and deletes a login no integration uses any more.
+
+    Example: [bold]emsync users remove anna@example.com --yes[/bold]
+    """
+    from .. import store, validate
+
+    ctx = state(typer_ctx)
+    address = validate.email(email)
+    with ctx.transaction(write=False) as conn:
+        store.user_id_for(conn, address)
+        owned = store.list_integrations(conn, email=address)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UserError("refusing to remove a user without confirmation: pass --yes")
+        if not typer.confirm(f"Remove user {address}, their {len(owned)} integrations and all their rows?"):
+            raise UserError("not removed")
+    with ctx.transaction() as conn:
+        removed = store.remove_user(conn, address)
+    rows = sum(removed["integrations"].values())
+    listed = ", ".join(map(str, removed["integrations"])) or "none"
+    print(f"Removed user {address}, integrations {listed} and {rows} metric rows")
+    for credential_id in removed["unused_credentials"]:
+        print(f"Credential {credential_id} is no longer used: 'emsync credentials remove {credential_id}' revokes and deletes it")
 
 
 # ---------------------------------------------------------------- integrations
@@ -195,14 +228,14 @@ def integrations_list(typer_ctx: typer.Context, json_out: JsonOpt = False) -> No
     """
     from .. import store
     from ..report import integration_json
-    from .render import integrations_table
+    from .render import print_integration_list
 
     with state(typer_ctx).transaction(write=False) as conn:
         rows = store.list_integrations(conn)
     if json_out:
         print_json([integration_json(r) for r in rows])
         return
-    console().print(integrations_table(rows))
+    print_integration_list(console(), rows)
 
 
 @integrations_app.command("update")
@@ -242,6 +275,25 @@ def integrations_update(
         shared = "" if row["id"] == integration_id else f", shares credential {row['credential_id']}"
         label = account_label(row["platform"], row["account_id"])
         print(f"Updated integration {row['id']} ({row['platform']} {label}, {row['email']}{shared}); status {row['status']}")
+
+
+@integrations_app.command("reset")
+def integrations_reset(typer_ctx: typer.Context, integration_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Clear rate_limited, error or needs_reauth so the next run tries the integration (status never_synced until then).
+
+    Example: [bold]emsync integrations reset 3[/bold]
+    """
+    from .. import store, validate
+    from ..domain import account_label
+
+    validate.integration_id(integration_id)
+    with state(typer_ctx).transaction() as conn:
+        before, after = store.reset_integration(conn, integration_id)
+    who = f"Integration {after['id']} ({after['platform']} {account_label(after['platform'], after['account_id'])}, {after['email']})"
+    if before["status"] == after["status"]:
+        print(f"{who} is {after['status']}: nothing to reset")
+    else:
+        print(f"{who} was {before['status']}, now {after['status']}: the next run tries it")
 
 
 def _set_active(typer_ctx: typer.Context, integration_id: int, active: bool) -> None:

@@ -31,7 +31,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     help="Keep an advertising dashboard's database fresh with Meta Ads and Google Ads campaign metrics.",
 )
 users_app = typer.Typer(no_args_is_help=True, help="Manage users.")
@@ -99,9 +99,24 @@ class AppContext:
             self._engine.dispose()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("emsync")
+        except PackageNotFoundError:  # running from a source tree that was not installed
+            from .. import __version__ as number
+        print(f"emsync {number}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, expose_value=True, help="Print emsync's version and exit.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks.")] = False,
     env_file: Annotated[str | None, typer.Option("--env-file", envvar="EMSYNC_ENV_FILE", help="Read settings from this env file.")] = None,
 ) -> None:

@@ -15,7 +15,11 @@ def status(
     typer_ctx: typer.Context,
     json_out: JsonOpt = False,
     check: Annotated[
-        bool, typer.Option("--check", help="Exit 1 with a one-line reason when something fails; WARNING lines (exit 0) for the rest.")
+        bool,
+        typer.Option(
+            "--check",
+            help="For monitoring: one line 'EMSYNC OK|WARNING|CRITICAL|UNKNOWN - ... | perfdata', exit 0, 1, 2 or 3.",
+        ),
     ] = False,
     show_all: Annotated[bool, typer.Option("--all", help="List every integration even above 200 (the default is a summary).")] = False,
 ) -> None:
@@ -23,30 +27,42 @@ def status(
 
     Above 200 integrations the table is a summary (counts, the problems, the oldest success); --all lists every one.
 
+    --check follows the monitoring-plugin convention: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (database
+    unreachable, bad settings or arguments), one line with perfdata.
+
     Examples: [bold]emsync status[/bold]   [bold]emsync status --check[/bold]   [bold]emsync status --json[/bold]
     """
-    from ..report import build_status, check_problems
+    from ..report import build_status
 
     ctx = state(typer_ctx)
+    if check:
+        raise typer.Exit(_check(ctx))
     with ctx.transaction(write=False) as conn:
         report = build_status(conn, ctx.settings)
-    if check:
-        problems = check_problems(report, ctx.settings)
-        critical = [p.text for p in problems if p.level == "critical"]
-        if critical:
-            print(f"CRITICAL: {critical[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
-            raise typer.Exit(1)
-        for problem in problems:
-            print(f"WARNING: {problem.text}")
-        if not problems:
-            print(f"OK: {len(report['integrations'])} integrations healthy")
-        return
     if json_out:
         print_json(report)
         return
     from .render import print_status
 
     print_status(console(), report, show_all=show_all)
+
+
+def _check(ctx) -> int:
+    """``status --check``: print the one line, return the plugin exit code (0 OK, 1 WARNING, 2 CRITICAL).
+
+    UNKNOWN (3) — the database unreachable, bad settings, usage errors — is ``main``'s: it turns any error raised
+    here into ``EMSYNC UNKNOWN - ...``.
+    """
+    from ..report import build_status, check_line, check_problems, undecryptable_credentials
+
+    with ctx.transaction(write=False) as conn:
+        report = build_status(conn, ctx.settings)
+        credentials = {i["credential_id"] for i in report["integrations"] if i["is_active"] and i.get("credential_id") is not None}
+        undecryptable = undecryptable_credentials(conn, ctx.settings, credentials)
+    problems = check_problems(report, ctx.settings, undecryptable=undecryptable)
+    code, line = check_line(report, problems, ctx.settings)
+    print(line)
+    return code
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from rich.console import Console
@@ -49,33 +50,137 @@ def _one_line(text: str | None, width: int = 70) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def users_table(users: list[dict]) -> Table:
-    table = Table(title="Users")
-    for col in ("id", "email", "name", "integrations", "created"):
-        table.add_column(col)
-    for u in users:
-        table.add_row(str(u["id"]), u["email"], u["name"] or "", str(u["integrations"]), u["created_at"].strftime("%Y-%m-%d"))
+def failure_text(text: str | None, limit: int = 300) -> str:
+    """An error's first line, shortened in the middle (at spaces) when longer than ``limit``: emsync's messages end
+    with what to do (``run 'emsync integrations update 3 ...'``, ``reconnect ...``), so the end is kept."""
+    if not text:
+        return ""
+    line = text.splitlines()[0]
+    if len(line) <= limit:
+        return line
+    head, tail = line[: limit // 3], line[-(limit - limit // 3) :]
+    head = head.rsplit(" ", 1)[0] if " " in head else head
+    tail = tail.split(" ", 1)[1] if " " in tail else tail
+    return f"{head} … {tail}"
+
+
+# ---------------------------------------------------------------- tables that fit the terminal
+
+
+@dataclass(frozen=True)
+class Col:
+    """A table column. ``give_up``: 0 always shown; the highest goes first when the table is too wide for the terminal.
+    ``no_wrap``: its values (emails, account ids) are never broken. ``into``: given up by moving its value to a second
+    line of that column instead of dropping it (a row's "HEADER/folded" value, when present, is what it shows there)."""
+
+    header: str
+    give_up: int = 0
+    no_wrap: bool = False
+    into: str | None = None
+    justify: str = "left"
+
+
+def fit_table(console: Console, title: str, cols: list[Col], rows: list[dict[str, str]]) -> tuple[Table, set[str]]:
+    """A table of ``rows`` (header → cell markup) as wide as ``console`` allows: columns are given up in ``give_up``
+    order (dropped, or folded into another column's cell) until the narrowest rendering fits, so a no-wrap value is
+    never broken mid-word. Returns the table and the headers dropped."""
+    shown = list(cols)
+    folded: dict[str, list[str]] = {}
+    dropped: set[str] = set()
+    while True:
+        table = _table(title, shown, folded, rows)
+        candidates = [c for c in shown if c.give_up]
+        # Measured without the terminal's limit (a measurement is clamped to it), then compared with it.
+        if not candidates or console.measure(table, options=console.options.update_width(10**6)).minimum <= console.width:
+            return table, dropped
+        victim = max(candidates, key=lambda c: c.give_up)
+        shown.remove(victim)
+        if victim.into:
+            folded.setdefault(victim.into, []).append(victim.header)
+        else:
+            dropped.add(victim.header)
+
+
+def _table(title: str, cols: list[Col], folded: dict[str, list[str]], rows: list[dict[str, str]]) -> Table:
+    table = Table(title=title)
+    for col in cols:
+        header = "\n".join([col.header, *folded.get(col.header, [])])
+        overflow = "ellipsis" if col.no_wrap else "fold"
+        table.add_column(header, no_wrap=col.no_wrap, overflow=overflow, justify=col.justify)  # type: ignore[arg-type]
+    for row in rows:
+        # A folded column's value under the cell's own; "HEADER/folded" in a row, when present, is what it shows folded.
+        cells = ((row[c.header], *(row.get(f"{e}/folded", row[e]) for e in folded.get(c.header, []))) for c in cols)
+        table.add_row(*("\n".join(v for v in values if v) for values in cells))
     return table
 
 
-def integrations_table(rows: list[dict]) -> Table:
-    table = Table(title="Integrations")
-    for col in ("id", "user", "platform", "account", "cred", "active", "status", "last sync", "token expires", "last error"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(
-            str(r["id"]),
-            r["email"],
-            r["platform"],
-            account_label(r["platform"], r["account_id"]),
-            str(r["credential_id"]),
-            "yes" if r["is_active"] else "no",
-            _status(r["status"]),
-            _when(r["last_synced_at"]),
-            r["token_expires_at"].strftime("%Y-%m-%d") if r["token_expires_at"] else "—",
-            _one_line(r["last_error"], 50),
-        )
-    return table
+def print_failures(console: Console, items: list[dict]) -> None:
+    """What failed and what to do, one paragraph per integration (when the table had no room for the error)."""
+    for i in items:
+        account = i.get("account") or account_label(i["platform"], i["account_id"])
+        console.print(f"[red]{i['id']}[/] {i['email']} {account}: {_status(i['status'])}: {failure_text(i['last_error'])}", highlight=False)
+
+
+USER_COLS = [
+    Col("id", justify="right"),
+    Col("email", no_wrap=True),
+    Col("name"),
+    Col("integrations", 2, justify="right"),
+    Col("created", 3),
+]
+
+
+def print_users(console: Console, users: list[dict]) -> None:
+    """``users list``: id, email (never broken), name, integrations, created; the last two go first on a narrow terminal."""
+    rows = [
+        {
+            "id": str(u["id"]),
+            "email": u["email"],
+            "name": u["name"] or "",
+            "integrations": str(u["integrations"]),
+            "created": u["created_at"].strftime("%Y-%m-%d"),
+        }
+        for u in users
+    ]
+    console.print(fit_table(console, "Users", USER_COLS, rows)[0])
+
+
+INTEGRATION_COLS = [
+    Col("id", justify="right"),
+    Col("user", no_wrap=True),
+    Col("account", 2, no_wrap=True, into="user"),
+    Col("platform", 5),
+    Col("cred", 8),
+    Col("active", 7, into="status"),
+    Col("status", no_wrap=True),
+    Col("last sync", 3, into="status"),
+    Col("token expires", 6),
+    Col("last error", 9),
+]
+
+
+def print_integration_list(console: Console, rows: list[dict]) -> None:
+    """``integrations list``: the table, then what failed and what to do when the error column did not fit."""
+    cells = [
+        {
+            "id": str(r["id"]),
+            "user": r["email"],
+            "platform": r["platform"],
+            "account": account_label(r["platform"], r["account_id"]),
+            "cred": str(r["credential_id"]),
+            "active": "yes" if r["is_active"] else "no",
+            "active/folded": "" if r["is_active"] else "[dim]disabled[/]",
+            "status": _status(r["status"]),
+            "last sync": _when(r["last_synced_at"]),
+            "token expires": r["token_expires_at"].strftime("%Y-%m-%d") if r["token_expires_at"] else "—",
+            "last error": failure_text(r["last_error"]),
+        }
+        for r in rows
+    ]
+    table, dropped = fit_table(console, "Integrations", INTEGRATION_COLS, cells)
+    console.print(table)
+    if "last error" in dropped:
+        print_failures(console, [r for r in rows if r["last_error"]])
 
 
 SUMMARY_ABOVE = 200  # integrations: above this, `status` summarises unless --all
@@ -122,22 +227,24 @@ def _print_summary(console: Console, report: dict) -> None:
     console.print(f"[dim]A summary above {SUMMARY_ABOVE} integrations: 'emsync status --all' lists every one.[/]")
 
 
+STATUS_COLS = [
+    Col("id", justify="right"),
+    Col("user", no_wrap=True),
+    Col("account", 2, no_wrap=True, into="user"),
+    Col("platform", 6),
+    Col("cred", 8),
+    Col("status", no_wrap=True),
+    Col("last success", 3, into="status"),
+    Col("rows in window", 7, justify="right"),
+    Col("token expires", 4),
+    Col("next attempt", 5),
+    Col("last error", 9),
+]
+
+
 def _print_integrations(console: Console, title: str, integrations: list[dict]) -> None:
-    table = Table(title=f"Integrations — {title}")
-    for col in (
-        "id",
-        "user",
-        "platform",
-        "account",
-        "cred",
-        "status",
-        "last success",
-        "rows in window",
-        "token expires",
-        "next attempt",
-        "last error",
-    ):
-        table.add_column(col, overflow="fold")
+    """The status table, as wide as the terminal allows (``fit_table``); errors below it when their column did not fit."""
+    rows = []
     for i in integrations:
         expires = i["token_expires_at"]
         expiry = "—" if expires is None else (f"[bold red]{expires:%Y-%m-%d}[/]" if i["token_expires_soon"] else f"{expires:%Y-%m-%d}")
@@ -146,21 +253,25 @@ def _print_integrations(console: Console, title: str, integrations: list[dict]) 
             limited = i["rate_limited_until"].strftime("%Y-%m-%d %H:%M")
         elif i.get("next_attempt_at") and i["status"] == "error":
             limited = i["next_attempt_at"].strftime("%Y-%m-%d %H:%M") + " (daily)"
-        status = _status(i["status"]) if i["is_active"] else "[dim]disabled[/]"
-        table.add_row(
-            str(i["id"]),
-            i["email"],
-            i["platform"],
-            i["account"],
-            str(i["credential_id"]),
-            status,
-            _when(i["last_synced_at"]),
-            str(i["rows_in_window"]),
-            expiry,
-            limited,
-            _one_line(i["last_error"], 60),
+        rows.append(
+            {
+                "id": str(i["id"]),
+                "user": i["email"],
+                "platform": i["platform"],
+                "account": i["account"],
+                "cred": str(i["credential_id"]),
+                "status": _status(i["status"]) if i["is_active"] else "[dim]disabled[/]",
+                "last success": _when(i["last_synced_at"]),
+                "rows in window": str(i["rows_in_window"]),
+                "token expires": expiry,
+                "next attempt": limited,
+                "last error": failure_text(i["last_error"]),
+            }
         )
+    table, dropped = fit_table(console, f"Integrations — {title}", STATUS_COLS, rows)
     console.print(table)
+    if "last error" in dropped:
+        print_failures(console, [i for i in integrations if i["last_error"]])
 
 
 def _print_runs_and_warnings(console: Console, report: dict) -> None:
@@ -196,30 +307,50 @@ def _print_runs_and_warnings(console: Console, report: dict) -> None:
         console.print(f"[yellow]warning:[/] {warning}")
 
 
+BACKFILL_COLS = [
+    Col("id", justify="right"),
+    Col("user", no_wrap=True),
+    Col("account", 2, no_wrap=True, into="user"),
+    Col("platform", 6),
+    Col("range", 3, into="status"),
+    Col("status", no_wrap=True),
+    Col("chunks", 4, justify="right"),
+    Col("rows", 7, justify="right"),
+    Col("next chunk", 8),
+    Col("resume after", 5),
+    Col("last error", 9),
+]
+
+
 def _print_backfills(console: Console, backfills: list[dict]) -> None:
-    """Backfills not finished (in progress, paused, failed, died)."""
+    """Backfills not finished (in progress, paused, failed, died), as wide as the terminal allows."""
     open_ = [b for b in backfills if b["status"] != "done"]
     if not open_:
         return
-    table = Table(title="Backfills in progress")
-    for col in ("id", "user", "platform", "account", "range", "status", "chunks", "rows", "next chunk", "resume after", "last error"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for b in open_:
         following = b["next_chunk"]
-        table.add_row(
-            str(b["id"]),
-            b["email"],
-            b["platform"],
-            b["account"],
-            f"{b['since']}..{b['until']}",
-            b["status"],
-            f"{b['chunks_done']}/{b['chunks_total']}",
-            str(b["rows"]),
-            f"{following['since']}..{following['until']}" if following else "—",
-            b["resume_after"].strftime("%Y-%m-%d %H:%M") if b["resume_after"] else "—",
-            _one_line(b["last_error"], 60),
+        rows.append(
+            {
+                "id": str(b["id"]),
+                "user": b["email"],
+                "platform": b["platform"],
+                "account": b["account"],
+                "range": f"{b['since']}..{b['until']}",
+                "status": b["status"],
+                "chunks": f"{b['chunks_done']}/{b['chunks_total']}",
+                "rows": str(b["rows"]),
+                "next chunk": f"{following['since']}..{following['until']}" if following else "—",
+                "resume after": b["resume_after"].strftime("%Y-%m-%d %H:%M") if b["resume_after"] else "—",
+                "last error": failure_text(b["last_error"]),
+            }
         )
+    table, dropped = fit_table(console, "Backfills in progress", BACKFILL_COLS, rows)
     console.print(table)
+    if "last error" in dropped:
+        for b in open_:
+            if b["last_error"]:
+                console.print(f"backfill {b['id']} {b['email']} {b['account']}: {failure_text(b['last_error'])}", highlight=False)
 
 
 class SyncProgress:
@@ -249,7 +380,7 @@ class SyncProgress:
         elif result.status == "interrupted":
             line = f"[yellow]-[/] {result.platform} {result.email} {label}: {_one_line(result.error, 100)}"
         else:
-            line = f"[red]✗[/] {result.platform} {result.email} {label}: {_status(result.status)} {_one_line(result.error, 100)}"
+            line = f"[red]✗[/] {result.platform} {result.email} {label}: {_status(result.status)} {failure_text(result.error)}"
         self.progress.console.print(line, highlight=False)
         if self.task is not None:
             self.progress.advance(self.task)
@@ -347,7 +478,7 @@ def print_backfill(result) -> None:
         for warning in item.warnings:
             console.print(f"[yellow]warning:[/] {item.platform} {item.label}: {warning}", highlight=False)
         if item.status == "failed":
-            console.print(f"[red]✗[/] {item.platform} {item.label} {item.email}: failed: {_one_line(item.error, 120)}", highlight=False)
+            console.print(f"[red]✗[/] {item.platform} {item.label} {item.email}: failed: {failure_text(item.error)}", highlight=False)
         elif item.status not in ("done",):
             when = f"; resume after {item.resume_after:%Y-%m-%d %H:%M} UTC" if item.resume_after else ""
             console.print(f"[yellow]-[/] {item.platform} {item.label} {item.email}: {item.status}: {item.reason}{when}", highlight=False)

@@ -106,7 +106,6 @@ BAD_COMMANDS = [
     ["sync-all", "--platform", INJECTION],
     ["sync-all", "--trigger", "x" * 40],
     ["sync-user", "anna@example.com", "--platform", ""],
-    ["status", "--check", "--bogus"],
     ["sandbox", "--port", "-1"],
     ["serve", "--port", "0"],
 ]
