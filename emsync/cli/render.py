@@ -67,7 +67,8 @@ def integrations_table(rows: list[dict]) -> Table:
             str(r["id"]),
             r["email"],
             r["platform"],
-            account_label(r["platform"], r["account_id"]),
+            account_label(r["platform"], r["account_id"])
+            + (f"\nvia {account_label('google', r['login_customer_id'])}" if r.get("login_customer_id") else ""),
             str(r["credential_id"]),
             "yes" if r["is_active"] else "no",
             _status(r["status"]),
