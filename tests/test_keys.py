@@ -422,3 +422,25 @@ def test_a_new_token_meta_says_is_invalid_is_refused_and_nothing_written(cli, en
     result = cli("integrations", "update", str(meta), "--access-token", "EAABrevoked-token")
     assert result.code == 2 and "not valid" in result.err
     assert _ciphertexts(engine) == before
+
+
+def test_integrations_check_gives_the_fix_for_a_token_under_a_lost_key(cli, engine, make_sandbox):
+    make_sandbox()
+    lost = add_meta(cli, "anna@example.com", "act_1", "EAABtoken-one")
+    fine = add_meta(cli, "bob@example.com", "act_2", "EAABtoken-two")
+    _store_under_another_key(engine, 1, "EAABtoken-one")
+    result = cli("integrations", "check", "--all", "--json")
+    checks = {c["id"]: c for c in json.loads(result.out)}
+    assert result.code == 1 and checks[fine]["ok"] is True
+    assert checks[lost]["ok"] is False and f"emsync integrations update {lost} --access-token -" in checks[lost]["fix"]
+
+
+def test_a_google_credential_whose_token_no_key_decrypts_can_still_be_removed(cli, engine, make_sandbox):
+    sb = make_sandbox()
+    add_meta(cli, "anna@example.com", "act_1", "EAABtoken-one")
+    add_google(cli, "bob@example.com")
+    _store_under_another_key(engine, 2, "1//refresh-lost", column="refresh_token_enc")
+    result = cli("credentials", "remove", "2", "--with-integrations", "--yes")
+    assert result.code == 0, result.err
+    assert "not revoked at Google" in result.out and sb.count("google.revoke") == 0
+    assert _count(engine, "credentials") == 1
