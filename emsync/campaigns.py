@@ -96,7 +96,11 @@ def mark_vanished(conn, integration_id: int, absent: dict[str, int], window: Syn
             conn.execute(
                 update(campaigns_t).where(_key(integration_id, campaign_id)).values(vanished=True, vanished_at=now, updated_at=now)
             )
-        newly.append(f"{campaign_id}" + (f" ({old.name})" if old is not None and old.name else "") + f": {absent[campaign_id]} days")
+        newly.append(
+            f"{campaign_id}"
+            + (f" ({old.name})" if old is not None and old.name else "")
+            + f": {absent[campaign_id]} day{'s' if absent[campaign_id] != 1 else ''}"
+        )
     if not newly:
         return ()
     which = "a campaign" if len(newly) == 1 else f"{len(newly)} campaigns"

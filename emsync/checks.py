@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from . import discovery, store
+from . import discovery, ledger, store
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
 from .crypto import TokenBox
@@ -84,9 +84,12 @@ def check_integrations(settings: Settings, engine, ids: list[int] | None, *, clo
     by_credential: dict[int, list[dict]] = {}
     for row in rows:
         by_credential.setdefault(row["credential_id"], []).append(row)
-    for credential_id, group in by_credential.items():
-        checker = _GoogleCheck if group[0]["platform"] == "google" else _MetaCheck
-        results.extend(checker(settings, engine, box, http, clock).run(credential_id, group))
+    try:
+        for credential_id, group in by_credential.items():
+            checker = _GoogleCheck if group[0]["platform"] == "google" else _MetaCheck
+            results.extend(checker(settings, engine, box, http, clock).run(credential_id, group))
+    finally:  # Google counts every call against the developer token's daily operations
+        ledger.record_spent(engine, operations=http.operations, source="check", now=clock.now())
     return sorted(results, key=lambda r: r.integration_id)
 
 

@@ -4,7 +4,9 @@ Precedence, highest first: the process environment, the env file named by
 ``--env-file`` / ``EMSYNC_ENV_FILE`` (or else ``.env`` in the working
 directory), then the per-user file ``$XDG_CONFIG_HOME/emsync/emsync.env``
 that ``emsync init`` writes when no other env file exists, so that cron finds
-the secret key whatever its working directory.
+the secret key whatever its working directory. Env files are read strictly
+(``envfile.read``: a line that is not ``NAME=value`` is an error naming the file
+and the line) and every value remembers where it came from (``Settings.origin``).
 
 Each setting is declared once, as one field of ``Settings`` made by
 ``_setting()``: attribute, type, environment name, default, parser (with its
@@ -17,7 +19,7 @@ Configuration table and ``.env.example`` against them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -210,6 +212,8 @@ class Settings:
         help="sqlite:// or postgresql+psycopg:// URL; unset: SQLite file emsync.db in the XDG data directory",
     )
     env_file: Path | None = None  # which env file was read (not a setting: where settings come from)
+    # setting name -> "the environment" or "PATH line N", for messages about a value (not a setting either)
+    origins: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     secret_key: str | None = _setting(
         "EMSYNC_SECRET_KEY",
         None,
@@ -338,6 +342,10 @@ class Settings:
         """The windows META_ATTRIBUTION lists; () for ``unified``."""
         return () if self.meta_attribution == "unified" else tuple(self.meta_attribution.split(","))
 
+    def origin(self, name: str) -> str:
+        """Where setting ``name``'s value came from: "the environment", "PATH line N" or "the default"."""
+        return self.origins.get(name, "the default")
+
     def require_secret_key(self) -> str:
         if not self.secret_key:
             raise ConfigError(
@@ -352,44 +360,98 @@ SETTINGS: tuple[Setting, ...] = tuple(
 SETTING_NAMES = tuple(s.env for s in SETTINGS)
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
-    from dotenv import dotenv_values
-
-    try:
-        values = dotenv_values(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot read env file {path}: {exc.strerror}") from None
-    return {k: v for k, v in values.items() if v is not None}
+ENV_FILE_VARIABLE = "EMSYNC_ENV_FILE"  # read from the process environment only: which env file to read
+_PREFIXES = tuple(sorted({name.split("_", 1)[0] + "_" for name in SETTING_NAMES}))  # EMSYNC_, META_, GOOGLE_, CRON_
 
 
-def load_settings(env_file: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Read and validate every setting once.
+def env_files(env_file: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None, *, missing_ok: bool = False) -> list:
+    """The env files settings come from, lowest precedence first, each read strictly (``envfile.EnvFile``).
+
+    The per-user file, then the explicit one (``env_file``, else ``EMSYNC_ENV_FILE``) or else ``.env``
+    in the working directory. A ``.env`` directory there is not an env file (``python -m venv .env``
+    makes one) and is passed over. ``missing_ok`` lets an explicit file be missing (``init`` creates it).
 
     Raises:
-        ConfigError: naming the first invalid setting.
+        ConfigError: an env file is missing (explicit), a directory, not UTF-8 or has a line that is
+            not NAME=value; the message names the file and the line.
+    """
+    from . import envfile
+
+    environ = os.environ if environ is None else environ
+    explicit = env_file if env_file is not None else environ.get(ENV_FILE_VARIABLE) or None
+    files = []
+    fallback = user_env_file()
+    if fallback.exists():
+        files.append(envfile.read(fallback))
+    if explicit:
+        path = Path(explicit).expanduser()
+        if path.exists() or not missing_ok:
+            files.append(envfile.read(path))
+    elif (Path.cwd() / ".env").is_file():
+        files.append(envfile.read(Path.cwd() / ".env"))
+    return files
+
+
+def env_file_warnings(files: list) -> list[str]:
+    """What is probably a mistake in these env files: a name set twice in one file, and a name that
+    looks like a setting (EMSYNC_, META_, GOOGLE_, CRON_) but is none, with the closest setting."""
+    import difflib
+
+    warnings: list[str] = []
+    for file in files:
+        warnings += file.warnings
+        for name, line in file.lines.items():
+            if name in SETTING_NAMES or not name.startswith(_PREFIXES):
+                continue
+            if name == ENV_FILE_VARIABLE:
+                warnings.append(f"{file.path} line {line}: {name} is read from the environment only; ignored here")
+                continue
+            # Compared without the prefix they share, or EMSYNC_FOO would be "close" to every EMSYNC_ setting.
+            prefix = name.split("_", 1)[0] + "_"
+            same_prefix = {s.removeprefix(prefix): s for s in SETTING_NAMES if s.startswith(prefix)}
+            close = [same_prefix[m] for m in difflib.get_close_matches(name.removeprefix(prefix), same_prefix, n=1, cutoff=0.6)]
+            close = close or difflib.get_close_matches(name, SETTING_NAMES, n=1, cutoff=0.85)
+            hint = f"did you mean {close[0]}?" if close else "see .env.example for the settings"
+            warnings.append(f"{file.path} line {line}: unknown setting {name} ({hint}); ignored")
+    return warnings
+
+
+def load_settings(
+    env_file: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None, *, missing_ok: bool = False
+) -> Settings:
+    """Read and validate every setting once.
+
+    ``missing_ok``: an explicit env file that does not exist yet is not an error (``init`` creates
+    it); ``Settings.env_file`` still names it.
+
+    Raises:
+        ConfigError: an env file that cannot be read (see ``env_files``), or the first invalid
+            setting, named with where its value came from.
     """
     environ = dict(os.environ if environ is None else environ)
-    explicit = env_file if env_file is not None else environ.get("EMSYNC_ENV_FILE") or None
-    path = Path(explicit).expanduser() if explicit else None
-    if path is not None and not path.is_file():
-        raise ConfigError(f"env file {path} does not exist")
-    if path is None and (Path.cwd() / ".env").is_file():
-        path = Path.cwd() / ".env"
+    files = env_files(env_file, environ, missing_ok=missing_ok)
+    explicit = env_file if env_file is not None else environ.get(ENV_FILE_VARIABLE) or None
 
     merged: dict[str, str] = {}
-    fallback = user_env_file()
-    if fallback.is_file():
-        merged.update(_read_env_file(fallback))
-    if path is not None:
-        merged.update(_read_env_file(path))
-    merged.update({k: v for k, v in environ.items() if k in SETTING_NAMES})
+    origins: dict[str, str] = {}
+    for file in files:
+        for name, value in file.values.items():
+            merged[name] = value
+            origins[name] = f"{file.path} line {file.lines.get(name, '?')}"
+    for name in SETTING_NAMES:
+        if name in environ:
+            merged[name], origins[name] = environ[name], "the environment"
 
-    values: dict[str, object] = {"env_file": path if path is not None else (fallback if fallback.is_file() else None)}
+    chosen = Path(explicit).expanduser() if explicit else (files[-1].path if files else None)
+    values: dict[str, object] = {"env_file": chosen, "origins": origins}
     for setting in SETTINGS:
         raw = merged.get(setting.env)
         if raw is None or raw.strip() == "":
             continue
-        values[setting.attr] = setting.parse(setting.env, raw.strip())
+        try:
+            values[setting.attr] = setting.parse(setting.env, raw.strip())
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (set in {origins[setting.env]})") from None
     if "database_url" not in values:  # the one default that depends on the environment (REQUIRED in the table)
         values["database_url"] = f"sqlite:///{data_dir() / 'emsync.db'}"
     return Settings(**values)  # type: ignore[arg-type]

@@ -65,7 +65,9 @@ def make_engine(url: str, *, pool_size: int = 4, create: bool = False):
             if not path.exists():
                 if not create:
                     raise DatabaseError(f"no database at {describe_url(url)}: run 'emsync init' first")
-                path.parent.mkdir(parents=True, exist_ok=True)
+                from .files import create_private
+
+                create_private(path)  # 0600 before SQLite opens it: its -wal and -shm files take the same mode
         except OSError as exc:
             raise DatabaseError(
                 f"EMSYNC_DATABASE_URL names a SQLite file emsync cannot use ({describe_url(url)}): {exc.strerror}"

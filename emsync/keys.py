@@ -16,15 +16,13 @@ migrated to schema 0004, ``LEGACY_ENCRYPTED_COLUMNS``).
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Settings, user_env_file
-from .crypto import TokenBox, new_key, split_keys
+from . import envfile
+from .config import Settings
+from .crypto import TokenBox, new_key
 from .errors import ConfigError
 
 # Where tokens were stored before migration 0004 moved them to ``credentials``; `init` reads these too, before it migrates.
@@ -79,26 +77,22 @@ def unreadable_token(platform: str, column: str, credential_id: int, integration
 
 
 def ensure_secret_key(settings: Settings, env_file: Path) -> Path | None:
-    """Append a new EMSYNC_SECRET_KEY to ``env_file`` (mode 0600) unless one is configured.
+    """Write a new EMSYNC_SECRET_KEY into ``env_file`` (created 0600 if missing) unless one is configured.
 
     Callers make sure no token is stored first (``check_key_before_upgrade``): a new key beside stored tokens loses them.
     Returns the file written, or None when a key was already there.
+
+    Raises:
+        ConfigError: the env file cannot be read or written (``envfile.set_value``).
     """
     if settings.secret_key:
         return None
     env_file = Path(env_file)
-    try:
-        env_file.parent.mkdir(parents=True, exist_ok=True)
-        existing = env_file.read_text() if env_file.exists() else ""
-        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a") as fh:
-            if existing and not existing.endswith("\n"):
-                fh.write("\n")
-            fh.write("# Encrypts tokens at rest. Losing it means re-adding every token.\n")
-            fh.write(f"EMSYNC_SECRET_KEY={new_key()}\n")
-        os.chmod(env_file, 0o600)
-    except OSError as exc:
-        raise ConfigError(f"cannot write the secret key to {env_file}: {exc.strerror}") from None
+    # Fills an empty EMSYNC_SECRET_KEY= line (a copy of .env.example) in place instead of adding a second one.
+    if not envfile.set_value(
+        env_file, "EMSYNC_SECRET_KEY", new_key(), comment="Encrypts tokens at rest. Losing it means re-adding every token."
+    ):
+        return None
     return env_file
 
 
@@ -318,50 +312,31 @@ def rotate(engine, box: TokenBox) -> Rotation:
     return done
 
 
-def key_file(settings: Settings, environ: Mapping[str, str] | None = None) -> Path | None:
-    """The env file ``EMSYNC_SECRET_KEY`` was read from, or None when it came from the process environment
-    (systemd ``Environment=``, a secrets manager): emsync changes the key only in a file it read it from."""
-    from dotenv import dotenv_values
-
-    if environ is None:
-        environ = os.environ
-    if (environ.get("EMSYNC_SECRET_KEY") or "").strip() or not settings.secret_key:
+def key_file(settings: Settings) -> Path | None:
+    """The env file ``EMSYNC_SECRET_KEY`` was read from (``Settings.origin``), or None when it came from the process
+    environment (systemd ``Environment=``, a secrets manager): emsync changes the key only in a file it read it from."""
+    origin = settings.origin("EMSYNC_SECRET_KEY")
+    if not settings.secret_key or " line " not in origin:
         return None
-    for path in (settings.env_file, user_env_file()):
-        if path is None or not Path(path).is_file():
-            continue
-        try:
-            value = dotenv_values(path).get("EMSYNC_SECRET_KEY") or ""
-        except (OSError, UnicodeDecodeError):
-            continue
-        if ",".join(split_keys(value)) == settings.secret_key:
-            return Path(path)
-    return None
+    path = Path(origin.rsplit(" line ", 1)[0])
+    return path if path.is_file() else None
 
 
 _KEY_LINE = re.compile(r"^(\s*(?:export\s+)?)EMSYNC_SECRET_KEY\s*=.*$")
 
 
 def write_key(path: Path, value: str) -> None:
-    """Replace the EMSYNC_SECRET_KEY line(s) of the env file ``path`` with ``value``: a new file (mode 0600)
-    renamed over the old one, so a crash leaves the old file or the new one, never half of it.
+    """Replace the EMSYNC_SECRET_KEY line(s) of the env file ``path`` with ``value``, atomically (``files.atomic_write``:
+    mode 0600, its owner kept), so a crash leaves the old file or the new one, never half of it.
 
     Raises:
         ConfigError: the file cannot be written (nothing changed).
     """
+    from .files import atomic_write
+
     try:
         lines = path.read_text().splitlines()
         out = [_KEY_LINE.sub(lambda m: f"{m.group(1)}EMSYNC_SECRET_KEY={value}", line) for line in lines]
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write("\n".join(out) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, "\n".join(out) + "\n")
     except OSError as exc:
         raise ConfigError(f"cannot write the new key to {path}: {exc.strerror}: nothing was changed") from None

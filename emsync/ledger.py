@@ -18,6 +18,7 @@ attempt's operations commit with its attempt record.
 
 from __future__ import annotations
 
+import logging
 import socket
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -25,6 +26,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, insert, select
 
 from .models import google_ops_t
+
+log = logging.getLogger("emsync")
 
 GOOGLE_TZ = ZoneInfo("America/Los_Angeles")
 PROJECT_SCOPES = frozenset({"DEVELOPER", "PROJECT"})
@@ -61,6 +64,25 @@ def record(conn, *, operations: int, source: str, now: datetime, integration_id:
             recorded_at=now,
         )
     )
+
+
+def record_spent(engine, *, operations: int, source: str, now: datetime) -> None:
+    """``record`` in a transaction of its own, for commands whose calls are not part of a write (connect, check).
+
+    Called after the calls, whatever their outcome (operations are spent either way); a database that
+    cannot take the row is logged as a warning, never raised over the command's own result.
+    """
+    if operations <= 0:
+        return
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .db import write_transaction
+
+    try:
+        with write_transaction(engine) as conn:
+            record(conn, operations=operations, source=source, now=now)
+    except SQLAlchemyError as exc:
+        log.warning("could not record %d Google Ads operations in the ledger: %s", operations, type(exc).__name__)
 
 
 def mark_exhausted(conn, *, scope: str, source: str, now: datetime, integration_id: int | None = None) -> bool:

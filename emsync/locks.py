@@ -71,7 +71,9 @@ class Claim:
 class FileLocker:
     def __init__(self, directory: Path):
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        from .files import private_dir
+
+        private_dir(directory)
 
     def prepare(self) -> None:
         """Nothing to do: the kernel releases a dead process's flocks."""

@@ -38,8 +38,24 @@ def formatter(kind: str) -> logging.Formatter:
     return fmt
 
 
-def configure(*, log_format: str, log_file: str | None, console: logging.Handler | None, verbose: bool) -> list[logging.Handler]:
-    """Attach emsync's handlers to the "emsync" logger; returns them so the caller can detach."""
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A log file (and each one rotation starts) is created 0600 whatever the umask: logs name accounts and users."""
+
+    def _open(self):
+        from .files import open_private
+
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors, opener=open_private)
+
+
+def configure(
+    *, log_format: str, log_file: str | None, console: logging.Handler | None, verbose: bool, log_file_origin: str | None = None
+) -> list[logging.Handler]:
+    """Attach emsync's handlers to the "emsync" logger; returns them so the caller can detach.
+
+    Raises:
+        ConfigError: ``log_file`` cannot be opened; says where EMSYNC_LOG_FILE was set when
+            ``log_file_origin`` (``Settings.origin``) is given.
+    """
     logger = logging.getLogger("emsync")
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
@@ -50,11 +66,10 @@ def configure(*, log_format: str, log_file: str | None, console: logging.Handler
         from .errors import ConfigError
 
         try:
-            file_handler = logging.handlers.RotatingFileHandler(
-                log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8"
-            )
+            file_handler = PrivateRotatingFileHandler(log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"EMSYNC_LOG_FILE: cannot open {log_file}: {exc.strerror}") from None
+            where = f" (set in {log_file_origin})" if log_file_origin else ""
+            raise ConfigError(f"EMSYNC_LOG_FILE: cannot open {log_file}: {exc.strerror}{where}") from None
         file_handler.setFormatter(formatter(log_format))
         handlers.append(file_handler)
     for handler in handlers:

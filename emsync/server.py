@@ -103,7 +103,10 @@ def check_secret(settings: Settings) -> str:
     if not settings.cron_secret:
         raise UserError("CRON_SECRET is not set: 'emsync secret' prints a new random one to put in the env file")
     if len(settings.cron_secret) < MIN_SECRET_LENGTH:
-        raise UserError(f"CRON_SECRET is shorter than {MIN_SECRET_LENGTH} characters: 'emsync secret' prints a strong one")
+        raise UserError(
+            f"CRON_SECRET is shorter than {MIN_SECRET_LENGTH} characters (set in {settings.origin('CRON_SECRET')}): "
+            "'emsync secret' prints a strong one"
+        )
     return settings.cron_secret
 
 

@@ -451,6 +451,10 @@ class Syncer:
             result.retry_at = exc.retry_at if isinstance(exc, (RateLimited, AccountClosed)) else None
             if not isinstance(exc, EmsyncError):
                 log.debug("unexpected failure syncing %s", state.label, exc_info=True)
+            if isinstance(exc, ApiError) and work.fetched is None:
+                # The side steps' warnings said the sync went on; it did not, and the failure says what to do.
+                # They are tried again next run.
+                work.warnings = []
             if not isinstance(exc, LeaseLost):  # the integration is another process's now: record nothing on it
                 try:
                     scope = exc.scope if isinstance(exc, RateLimited) and state.platform == "google" else None

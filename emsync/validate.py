@@ -96,5 +96,5 @@ def expiry(value: str) -> datetime:
 
 def integration_id(value: int) -> int:
     if value < 1 or value > 2**31 - 1:
-        raise UserError(f"integration id must be a positive number, got {value}")
+        raise UserError(f"integration id must be a number from 1 to {2**31 - 1}, got {value}")
     return value

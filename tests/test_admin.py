@@ -315,6 +315,11 @@ def test_unknown_integration_id_is_exit_2(cli, db_url, args):
     assert result.code == 2 and "integration" in result.err
 
 
+def test_an_id_beyond_the_column_says_the_range_not_positive(cli, db_url):
+    result = cli("integrations", "disable", "99999999999999999999999")
+    assert result.code == 2 and "from 1 to 2147483647" in result.err and result.err.count("\n") == 1
+
+
 def test_unknown_email_for_sync_user_is_exit_2(cli, db_url):
     result = cli("sync-user", "ghost@example.com")
     assert result.code == 2 and "no user with email ghost@example.com" in result.err

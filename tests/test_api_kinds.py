@@ -311,12 +311,20 @@ def test_token_endpoint_503_with_an_html_body_is_retried(cli, make_sandbox, wait
 
 
 def test_deprecated_meta_version_names_the_setting_and_the_version_meta_asks_for(cli, make_sandbox):
-    sb = make_sandbox({"meta_accounts": {"1": {"faults": [{"kind": "version_deprecated", "wanted": "v27.0", "endpoint": "account"}]}}})
+    sb = make_sandbox(
+        {
+            "meta_accounts": {"1": {"faults": [{"kind": "version_deprecated", "wanted": "v27.0", "endpoint": "account"}]}},
+            "endpoint_faults": {"meta.debug_token": [{"kind": "server_error"}]},  # a side step fails before it
+        }
+    )
     integration_id = add_meta(cli, account="act_1")
-    assert cli("sync-all").code == 1
+    result = cli("sync-all", "--json")
+    assert result.code == 1
     item = integration(cli, integration_id)
     assert item["status"] == "error" and "META_API_VERSION=v27.0 (currently v25.0)" in item["last_error"]
-    assert sb.count("meta.account") == 1
+    assert sb.count("meta.account") == 1 and sb.count("meta.debug_token") >= 1
+    assert item["last_warning"] is None, "no warning claiming the sync went on when it did not"
+    assert json.loads(result.out)["integrations"][0]["warnings"] == []
 
 
 def test_permission_denied_with_a_manager_set_says_the_manager_may_not_manage_the_customer(cli, make_sandbox):

@@ -46,7 +46,8 @@ def _span(span: str) -> tuple[date, date]:
 
 
 def _all_spans(sb) -> Counter:
-    return Counter(sb.spans("meta.insights") + sb.spans("google.search_stream"))
+    """How often each (platform, span) was fetched: a Meta month and a Google quarter may cover the same days."""
+    return Counter([("meta", s) for s in sb.spans("meta.insights")] + [("google", s) for s in sb.spans("google.search_stream")])
 
 
 def _scalar(engine, sql: str, **params):
@@ -207,7 +208,7 @@ def test_killed_mid_way_a_rerun_finishes_without_refetching_finished_chunks(cli,
     victim.wait(timeout=30)
     sb.release_dates()
     _wait_for(lambda: sb.held == 0 and len(_all_spans(sb)) >= finished + 2)
-    in_flight = {s for s in _all_spans(sb) if _span(s)[0] < _months_ago(12)}
+    in_flight = {s for s in _all_spans(sb) if _span(s[1])[0] < _months_ago(12)}
     assert len(in_flight) == 2
     report = _backfill(cli, "--since", since)
     assert report["complete"], "the dead process's leases are broken at once on its own host"
@@ -310,6 +311,8 @@ def test_two_backfills_at_once_never_fetch_the_same_chunk(cli, engine, make_sand
         (["--since", "2025-13-01"], "--since must be a date"),
         (["--since", "2025-01-01", "--until", "last week"], "--until must be a date"),
         (["--since", "2025-02-01", "--until", "2025-01-01"], "is after --until"),
+        (["--since", "0001-01-01"], "is before 2000-01-01"),
+        (["--since", (date.today() + timedelta(days=3)).isoformat()], "is in the future"),
         (["--since", "2025-01-01", "--email", "a@example.com", "--integration", "1"], "not both"),
         (["--since", "2025-01-01", "--integration", "999"], "no integration with id 999"),
         (["--since", "2025-01-01", "--email", "ghost@example.com"], "no user with email ghost@example.com"),

@@ -108,7 +108,7 @@ def _accepts(hint, value) -> bool:
 
 def test_table_and_dataclass_agree(monkeypatch):
     monkeypatch.delenv("EMSYNC_MIN_INTERVAL_MINUTES")  # set by the isolated fixture for every other test
-    assert {f.name for f in fields(Settings)} == {s.attr for s in SETTINGS} | {"env_file"}
+    assert {f.name for f in fields(Settings)} == {s.attr for s in SETTINGS} | {"env_file", "origins"}
     assert len(set(SETTING_NAMES)) == len(SETTING_NAMES) == len(SETTINGS)
     hints = typing.get_type_hints(Settings)
     by_attr = {f.name: f for f in fields(Settings)}
@@ -205,5 +205,131 @@ def test_docs_mention_no_unknown_setting(doc):
     """A renamed or removed setting does not linger in the prose either."""
     mentioned = set(re.findall(r"\b(?:EMSYNC|META|GOOGLE|CRON)_[A-Z0-9_]+\b", (ROOT / doc).read_text()))
     not_settings = {"EMSYNC_ENV_FILE", "EMSYNC_TEST_POSTGRES_URL"}  # read elsewhere: by load_settings itself, by the tests
+    not_settings.add("EMSYNC_CONCURENCY")  # the README's example of a misspelt setting
     unknown = sorted(mentioned - set(SETTING_NAMES) - not_settings)
     assert not unknown, f"{doc} mentions {unknown}: not settings (add real non-settings to not_settings here)"
+
+
+# ---------------------------------------------------------------- env files: strict, with warnings and origins
+
+
+@pytest.mark.parametrize(
+    "content, line, reason",
+    [
+        (b"EMSYNC_CONCURRENCY=3\nMETA_APP_ID=caf\xe9\n", 2, "not UTF-8"),
+        (b"# settings\n\nEMSYNC_CONCURRENCY 3\n", 3, "not NAME=value (no '=')"),
+        (b"EMSYNC_CONCURRENCY=3\nEMSYNC_LOOKBACK_DAYS\n", 2, "not NAME=value (no '=')"),
+        (b"EMSYNC-CONCURRENCY=3\n", 1, "'EMSYNC-CONCURRENCY' is not a name"),
+        (b"=3\n", 1, "not NAME=value (nothing before '=')"),
+        (b'META_APP_ID="12345\nEMSYNC_CONCURRENCY=3\n', 1, "the value's opening \" is never closed"),
+    ],
+)
+@pytest.mark.parametrize("command", [("users", "list"), ("secret",), ("init",)])
+def test_a_bad_env_file_is_exit_2_naming_file_line_and_reason_for_every_command(cli, tmp_path, content, line, reason, command):
+    env_file = tmp_path / "bad.env"
+    env_file.write_bytes(content)
+    result = cli("--env-file", env_file, *command)
+    assert result.code == 2 and result.out == ""
+    assert result.err.startswith(f"emsync: env file {env_file} line {line}: {reason}")
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert not (tmp_path / "home" / ".local" / "share" / "emsync").exists(), "nothing written"
+
+
+def test_the_working_directory_env_file_is_read_as_strictly(cli, tmp_path):
+    (tmp_path / "work" / ".env").write_text("EMSYNC_CONCURRENCY: 3\n")
+    result = cli("users", "list")
+    assert result.code == 2 and f"env file {tmp_path / 'work' / '.env'} line 1: not NAME=value" in result.err
+
+
+def test_an_env_file_that_is_a_directory_says_so(cli, tmp_path):
+    (tmp_path / "conf").mkdir()
+    result = cli("--env-file", tmp_path / "conf", "secret")
+    assert (result.code, result.err) == (2, f"emsync: env file {tmp_path / 'conf'} is a directory, not a file of NAME=value lines\n")
+    user_file = tmp_path / "home" / ".config" / "emsync" / "emsync.env"
+    user_file.mkdir(parents=True)
+    assert cli("users", "list").code == 2
+
+
+def test_a_dotenv_virtualenv_directory_in_the_working_directory_is_passed_over(cli, tmp_path, monkeypatch):
+    (tmp_path / "work" / ".env").mkdir()  # python -m venv .env
+    monkeypatch.setenv("EMSYNC_SECRET_KEY", TEST_KEY)
+    assert cli("init").code == 0
+    assert cli("users", "list").code == 0
+
+
+def test_help_works_whatever_the_env_file_holds(cli, tmp_path):
+    env_file = tmp_path / "bad.env"
+    env_file.write_bytes(b"\xff\xfe")
+    result = cli("--env-file", env_file, "users", "list", "--help")
+    assert result.code == 0 and "List users" in result.out
+
+
+def test_env_files_take_python_dotenv_syntax(tmp_path):
+    env_file = tmp_path / "ok.env"
+    env_file.write_bytes(
+        "\ufeff# a comment\r\n\r\nexport EMSYNC_CONCURRENCY=3\r\n"
+        "META_APP_ID='12 # 34'\n"
+        'EMSYNC_LOG_FILE="/var/log/emsync/emsync.log"  # where\n'
+        "  EMSYNC_LOOKBACK_DAYS = 7\n"
+        'META_CONVERSION_ACTION_TYPES="purchase,\nlead"\n'
+        "EMSYNC_RECENT_DAYS=\n".encode()
+    )
+    settings = load_settings(str(env_file), environ={})
+    assert (settings.concurrency, settings.meta_app_id, settings.log_file) == (3, "12 # 34", "/var/log/emsync/emsync.log")
+    assert settings.lookback_days == 7 and settings.meta_conversion_action_types == ("purchase", "lead")
+    assert settings.recent_days == 3, "an empty value is unset: the default"
+
+
+def test_a_misspelt_setting_in_an_env_file_is_a_warning_naming_the_closest_one(cli, tmp_path, monkeypatch):
+    env_file = tmp_path / "typo.env"
+    env_file.write_text(f"EMSYNC_SECRET_KEY={TEST_KEY}\nEMSYNC_CONCURENCY=4\nGOOGLE_OATH_CLIENT_ID=x\nEMSYNC_FOO=1\nOTHER_TOOL=1\n")
+    result = cli("--env-file", env_file, "secret")
+    assert result.code == 0
+    assert result.err.splitlines() == [
+        f"emsync: warning: {env_file} line 2: unknown setting EMSYNC_CONCURENCY (did you mean EMSYNC_CONCURRENCY?); ignored",
+        f"emsync: warning: {env_file} line 3: unknown setting GOOGLE_OATH_CLIENT_ID (did you mean GOOGLE_OAUTH_CLIENT_ID?); ignored",
+        f"emsync: warning: {env_file} line 4: unknown setting EMSYNC_FOO (see .env.example for the settings); ignored",
+    ]
+    assert load_settings(str(env_file), environ={}).concurrency == 8
+
+
+def test_unknown_names_in_the_process_environment_are_not_warned_about(cli, monkeypatch):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/etc/gcloud.json")  # another program's
+    monkeypatch.setenv("EMSYNC_CONCURENCY", "4")
+    result = cli("secret")
+    assert result.code == 0 and result.err == ""
+
+
+def test_a_setting_set_twice_in_one_file_is_a_warning(cli, tmp_path):
+    env_file = tmp_path / "twice.env"
+    env_file.write_text(f"EMSYNC_SECRET_KEY={TEST_KEY}\nEMSYNC_CONCURRENCY=4\n# later\nEMSYNC_CONCURRENCY=5\n")
+    result = cli("--env-file", env_file, "secret")
+    assert result.err == f"emsync: warning: {env_file} line 4: EMSYNC_CONCURRENCY is set again (first on line 2); this line wins\n"
+    assert load_settings(str(env_file), environ={}).concurrency == 5
+
+
+def test_an_invalid_value_says_where_it_came_from(cli, tmp_path, monkeypatch):
+    env_file = tmp_path / "app.env"
+    env_file.write_text("EMSYNC_LOOKBACK_DAYS=7\n\nEMSYNC_CONCURRENCY=many\n")
+    result = cli("--env-file", env_file, "users", "list")
+    assert result.err == f"emsync: EMSYNC_CONCURRENCY must be a whole number, got 'many' (set in {env_file} line 3)\n"
+    monkeypatch.setenv("EMSYNC_CONCURRENCY", "0")
+    result = cli("--env-file", env_file, "users", "list")
+    assert result.err == "emsync: EMSYNC_CONCURRENCY must be between 1 and 256, got 0 (set in the environment)\n"
+    env_file.write_text("EMSYNC_LOOKBACK_DAYS=7\n\nEMSYNC_CONCURRENCY=5\n")
+    settings = load_settings(str(env_file), environ={"EMSYNC_CONCURRENCY": "6"})
+    assert settings.concurrency == 6 and settings.origin("EMSYNC_CONCURRENCY") == "the environment"
+    assert settings.origin("EMSYNC_LOOKBACK_DAYS") == f"{env_file} line 1" and settings.origin("EMSYNC_RECENT_DAYS") == "the default"
+
+
+def test_errors_about_a_value_found_later_say_where_it_was_set(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMSYNC_SECRET_KEY", TEST_KEY)
+    env_file = tmp_path / "app.env"
+    env_file.write_text(f"EMSYNC_DATABASE_URL=sqlite:///{tmp_path / 'x.db'}\nEMSYNC_LOG_FILE={tmp_path / 'no' / 'such' / 'dir.log'}\n")
+    assert cli("--env-file", env_file, "init").code == 0
+    result = cli("--env-file", env_file, "sync-all")
+    assert result.code == 2 and result.err.endswith(f"No such file or directory (set in {env_file} line 2)\n")
+    pytest.importorskip("uvicorn")
+    monkeypatch.setenv("CRON_SECRET", "short-secret")
+    result = cli("--env-file", env_file, "serve")
+    assert result.code == 2 and "shorter than 32 characters (set in the environment)" in result.err

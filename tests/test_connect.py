@@ -100,6 +100,10 @@ def test_connect_google_in_the_browser_adds_the_tree_and_the_first_sync_succeeds
         "never_synced",
     )
     assert "Added user anna@example.com" in result.out and "3 added, 0 updated" in result.out
+    with engine.connect() as conn:
+        spent = conn.execute(text("SELECT source, operations FROM google_operations")).all()
+    listed = sb.count("google.list_accessible") + sb.count("google.customer_client")
+    assert [tuple(r) for r in spent] == [("connect", listed)] and listed == 4, "discovery's operations are in the ledger"
 
     sb.reset_log()
     synced = cli("sync-all")
@@ -133,6 +137,14 @@ def test_connect_google_without_a_browser_reads_back_the_redirected_address(cli,
     hats = _integrations(cli)["2000000002"]
     assert hats["login_customer_id"] == "1000000001" and "Added integration" in out
     assert _credentials(cli)[0]["platform_user"] == ANNA
+
+
+def test_no_browser_with_standard_input_closed_is_one_line_exit_2(cli, sq_engine, make_sandbox, monkeypatch):
+    make_sandbox(TREE)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    result = cli("connect", "google", "--email", ANNA, "--no-browser", "--all")
+    assert result.code == 2 and "standard input ended before the address was pasted" in result.err
+    assert cli("integrations", "list", "--json").out.strip() == "[]"
 
 
 def test_the_numbered_prompt_chooses_and_asks_again_after_a_wrong_answer(cli, sq_engine, make_sandbox, browser, monkeypatch):

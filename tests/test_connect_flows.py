@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from emsync import discovery, oauth
-from emsync.errors import FatalApiError, UserError
+from emsync.errors import FatalApiError, RateLimited, UserError
 from emsync.http import HttpClient, new_session, redact
 
 ANNA = "anna@example.com"
@@ -333,6 +333,28 @@ def test_not_ads_user_is_a_clear_error(make_sandbox):
     assert sb.count("google.customer_client") == 0
 
 
+def test_discovery_waits_a_short_retry_delay_whatever_the_quota_errors_name(make_sandbox):
+    # g-04's kind in discovery: a 429 RESOURCE_EXHAUSTED asking for 1 s is waited and retried like a temporary one
+    scenario = {**TREE, "google_customers": dict(TREE["google_customers"])}
+    fault = {"kind": "quota_exhausted", "scope": "ACCOUNT", "retry_seconds": 1, "endpoint": "customer_client", "times": 1}
+    scenario["google_customers"]["3000000001"] = {"name": "Own account", "faults": [fault]}
+    sb = make_sandbox(scenario)
+    found = discovery.discover_google(_http(), _ads(sb, _connect(sb)))
+    assert "3000000001" in {c.customer_id for c in found.customers if c.selectable}
+    assert sb.count("google.customer_client", "3000000001") == 2, "refused once, then answered"
+    assert found.operations == 4, "a retried call is one operation of discovery's own count"
+
+
+def test_discovery_stops_at_once_when_google_asks_for_longer_than_emsync_waits(make_sandbox):
+    scenario = {**TREE, "google_customers": dict(TREE["google_customers"])}
+    fault = {"kind": "quota_exhausted", "scope": "ACCOUNT", "retry_seconds": 40591, "endpoint": "customer_client"}
+    scenario["google_customers"]["3000000001"] = {"name": "Own account", "faults": [fault]}
+    sb = make_sandbox(scenario)
+    with pytest.raises(RateLimited, match="longer than EMSYNC_RETRY_MAX_WAIT"):
+        discovery.discover_google(_http(), _ads(sb, _connect(sb)))
+    assert sb.count("google.customer_client", "3000000001") == 1, "no retry into a wait of 11 hours"
+
+
 # ---------------------------------------------------------------- Meta
 
 
@@ -437,3 +459,17 @@ def test_meta_appsecret_proof_is_sent_with_the_app_secret(make_sandbox):
     with pytest.raises(discovery.GraphRefused, match="appsecret_proof"):
         discovery.ad_accounts(_http(), _graph(sb, "EAAuser-token-1", app_secret="another-app-secret"))
     assert len(discovery.ad_accounts(_http(), _graph(sb, "EAAuser-token-1"))) == 5
+
+
+def test_meta_discovery_honours_retry_after_as_a_sync_does(make_sandbox):
+    slow_down = {
+        "kind": "raw",
+        "status": 429,
+        "text": "Too Many Requests",
+        "content_type": "text/plain",
+        "headers": {"Retry-After": "3600"},
+    }
+    sb = make_sandbox({**META, "endpoint_faults": {"meta.debug_token": [slow_down]}})
+    with pytest.raises(RateLimited, match="HTTP 429"):
+        discovery.debug_token(_http(), _graph(sb, "EAAuser-token-1"))
+    assert sb.count("meta.debug_token") == 1, "an hour's Retry-After is not retried within the command"

@@ -197,6 +197,9 @@ def test_check_names_each_problem_with_its_fix_and_writes_only_the_cached_token(
     assert sb.count("google.customer_client") == 3 and sb.count("meta.account") == 3, "one call per reachable account"
 
     assert {t: _table(engine, t) for t in before} == before, "a check writes no integration, row or run"
+    with engine.connect() as conn:
+        spent = [tuple(r) for r in conn.execute(text("SELECT source, operations FROM google_operations"))]
+    assert spent == [("check", 3)], "the customer_client calls are in the ledger"
     after = _table(engine, "credentials")
     changed = [
         (b[0], [k for k, (x, y) in enumerate(zip(b, a, strict=True)) if x != y]) for b, a in zip(credentials_before, after, strict=True)

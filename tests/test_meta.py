@@ -211,6 +211,15 @@ def test_permission_error_needs_reauth_at_once_and_is_not_retried_every_run(cli,
     assert cli("sync-all").code == 0 and sb.count(account="1") == 0, "a permission problem waits for the operator"
 
 
+def test_a_token_without_ads_read_is_refused_by_the_sandbox_as_meta_does(cli, sq_engine, make_sandbox):
+    make_sandbox({"meta_tokens": {"EAABprofile-only": {"scopes": ["public_profile"]}}})
+    integration_id = add_meta(cli, "anna@example.com", "act_1", "EAABprofile-only")
+    assert cli("sync-all").code == 1
+    item = integration(cli, integration_id)
+    assert item["status"] == "needs_reauth" and "(#200)" in item["last_error"] and "ads_read" in item["last_error"]
+    assert stored(sq_engine, integration_id) == {}, "no rows for a token that may not read insights"
+
+
 def test_reduce_the_amount_of_data_falls_back_to_an_async_report(cli, sq_engine, make_sandbox):
     sb = make_sandbox({"async_polls": 2, "meta_accounts": {"1": {"campaigns": 20, "faults": [{"kind": "reduce_data"}]}}})
     integration_id = add_meta(cli, account="act_1")

@@ -41,6 +41,8 @@ from .allowance import GoogleAllowance
 from .plan import ONE_DAY, first_available, plan_chunks
 from .results import BackfillOptions, BackfillResult, IntegrationBackfill
 
+OLDEST_SINCE = date(2000, 1, 1)
+
 log = logging.getLogger("emsync")
 
 USAGE_PAUSE_PCT = 75.0  # Meta usage above this pauses a backfill (cron runs go on up to Meta's own limits)
@@ -120,6 +122,14 @@ class Backfiller:
         """(integrations to backfill with their state, those left out: ``needs_reauth`` ones not named by id or email)."""
         if options.until is not None and options.since > options.until:
             raise UserError(f"--since {options.since} is after --until {options.until}")
+        latest_today = self.clock.now().date() + ONE_DAY  # today somewhere (UTC+14)
+        if options.since > latest_today:
+            raise UserError(f"--since {options.since} is in the future: give a past date")
+        if options.since < OLDEST_SINCE:
+            raise UserError(
+                f"--since {options.since} is before {OLDEST_SINCE}: neither platform holds campaign data that old "
+                "(Google Ads began in 2000, Meta keeps 37 months)"
+            )
         with self.db.begin() as conn:
             if options.email is not None:
                 store.user_id_for(conn, options.email)

@@ -16,19 +16,27 @@ from .app import JsonOpt, app, console, integrations_app, print_json, state, use
 @app.command()
 def init(
     typer_ctx: typer.Context,
+    env_file: Annotated[
+        str | None, typer.Option("--env-file", help="The env file to create or complete (same as the global --env-file).")
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Upgrade a PostgreSQL database holding data without asking.")] = False,
 ) -> None:
     """Create or upgrade the database schema; generate a secret key when none is configured and no token is stored.
 
+    With an env file (--env-file, EMSYNC_ENV_FILE, or one that exists), init creates it (mode 0600) when
+    missing and writes EMSYNC_DATABASE_URL into it (an absolute path for SQLite), so cron, systemd and a
+    shell in any directory use the same database.
+
     Safe to run again: it only applies migrations that are missing and never deletes data. With tokens stored it checks the key first. Before upgrading a database that holds data it copies a SQLite file beside itself (emsync.db.bak-<schema>), or prints the pg_dump line to run and asks (--yes when there is no terminal).
 
-    Example: [bold]emsync init[/bold]
+    Example: [bold]emsync init --env-file /opt/emsync/.env[/bold]
     """
     from .. import db
     from ..config import user_env_file
     from ..keys import check_key_before_upgrade, ensure_secret_key
 
     ctx = state(typer_ctx)
+    _use_env_file(ctx, env_file)
     settings = ctx.settings
     engine = ctx.engine(check=False, create=True)
     check_key_before_upgrade(engine, settings)
@@ -51,6 +59,48 @@ def init(
     written = ensure_secret_key(settings, settings.env_file or user_env_file())
     if written:
         print(f"Generated EMSYNC_SECRET_KEY and wrote it to {written} (mode 0600). Keep a copy: tokens cannot be decrypted without it.")
+    _pin_database_url(settings, settings.env_file or user_env_file(), explicit=ctx.env_file is not None)
+
+
+def _use_env_file(ctx, env_file: str | None) -> None:
+    """`init --env-file PATH` is the global --env-file; either may name a file init is about to create."""
+    if env_file is not None:
+        ctx.env_file = env_file
+        ctx.check_env_files()
+    ctx.env_file_may_be_missing = True
+
+
+def _pin_database_url(settings, env_file, *, explicit: bool) -> None:
+    """Write the database init just used into the env file (created 0600 when named and missing), unless it
+    names one already: every reader of that file then finds this database, whatever its working directory,
+    $HOME or $XDG_DATA_HOME (the default SQLite path depends on them)."""
+    from pathlib import Path
+
+    from .. import db, envfile
+
+    env_file = Path(env_file)
+    if not (explicit or env_file.exists()):
+        return  # settings come from the environment alone: no file to keep them in
+    url = _absolute_database_url(settings.database_url)
+    if envfile.set_value(env_file, "EMSYNC_DATABASE_URL", url, comment="The database every emsync run reading this file uses."):
+        print(f"Wrote EMSYNC_DATABASE_URL={db.describe_url(url)} to {env_file} (mode 0600).")
+    elif url != settings.database_url:
+        print(
+            f"Note: EMSYNC_DATABASE_URL ({settings.origin('EMSYNC_DATABASE_URL')}) is a relative path, read from the working "
+            f"directory: cron and systemd may open another database. Set it to {db.describe_url(url)} instead."
+        )
+
+
+def _absolute_database_url(url: str) -> str:
+    """``url`` with a relative SQLite path made absolute (against the working directory, as SQLite reads it)."""
+    from sqlalchemy.engine import make_url
+
+    from .. import db
+
+    path = db.sqlite_path(url)
+    if path is None or path.is_absolute():
+        return url
+    return make_url(url).set(database=str(path.resolve())).render_as_string(hide_password=False)
 
 
 def _back_up_before_upgrade(engine, url: str, yes: bool) -> None:

@@ -8,13 +8,26 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from ..config import Settings
 
+_ARGS = "emsync.args"  # ctx.meta key: the command line as the root group received it
+
+
+class _RootGroup(TyperGroup):
+    """Keeps the whole command line in ``ctx.meta``: the root callback runs before a subcommand parses ``--help``."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta[_ARGS] = tuple(args)
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=_RootGroup,
     rich_markup_mode="rich",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -33,6 +46,7 @@ class AppContext:
     def __init__(self, verbose: bool, env_file: str | None):
         self.verbose = verbose
         self.env_file = env_file
+        self.env_file_may_be_missing = False  # `init` creates the env file it is given
         self._settings: Settings | None = None
         self._engine: Engine | None = None
 
@@ -41,8 +55,16 @@ class AppContext:
         if self._settings is None:
             from ..config import load_settings
 
-            self._settings = load_settings(self.env_file)
+            self._settings = load_settings(self.env_file, missing_ok=self.env_file_may_be_missing)
         return self._settings
+
+    def check_env_files(self) -> None:
+        """Read the env files now, whatever the command: a bad line is exit 2 naming the file and the line,
+        and a misspelt setting a warning on stderr naming the closest one."""
+        from ..config import env_file_warnings, env_files
+
+        for warning in env_file_warnings(env_files(self.env_file, missing_ok=True)):
+            print(f"emsync: warning: {warning}", file=sys.stderr)
 
     def engine(self, *, check: bool = True, create: bool = False) -> Engine:
         """The database engine; ``check`` refuses a missing or outdated schema (see ``db.check_schema``)."""
@@ -86,6 +108,13 @@ def _root(
 ) -> None:
     ctx.obj = AppContext(verbose, env_file)
     ctx.call_on_close(ctx.obj.close)
+    if not _asks_for_help(ctx):
+        ctx.obj.check_env_files()
+
+
+def _asks_for_help(ctx: typer.Context) -> bool:
+    """True when the subcommand will only print its help (the root callback runs before it parses ``--help``)."""
+    return ctx.resilient_parsing or "--help" in ctx.meta.get(_ARGS, ())
 
 
 def state(ctx: typer.Context) -> AppContext:

@@ -87,7 +87,13 @@ def run_backfill(settings, engine, options, *, verbose: bool, json_out: bool) ->
     if not interactive:
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logs.formatter(settings.log_format))
-    handlers = logs.configure(log_format=settings.log_format, log_file=settings.log_file, console=console, verbose=verbose)
+    handlers = logs.configure(
+        log_format=settings.log_format,
+        log_file=settings.log_file,
+        log_file_origin=settings.origin("EMSYNC_LOG_FILE"),
+        console=console,
+        verbose=verbose,
+    )
     progress = None
     stop = threading.Event()
     try:

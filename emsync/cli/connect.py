@@ -61,8 +61,9 @@ def connect_google(
       [bold]emsync connect google --email anna@example.com --no-browser --all[/bold]
       [bold]emsync connect google --email anna@example.com --account-id 123-456-7890 --account-id 234-567-8901[/bold]
     """
-    from .. import oauth
-    from ..onboarding import google_client, google_login
+    from .. import ledger, oauth
+    from ..clock import SYSTEM_CLOCK
+    from ..onboarding import google_client, google_login, http_client
 
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {port}")
@@ -75,13 +76,28 @@ def connect_google(
             f"The browser then fails to load an address starting with {pending.redirect_uri}: that is expected.",
             file=sys.stderr,
         )
-        pasted = typer.prompt("Paste that whole address here", prompt_suffix=": ", err=True)
+        pasted = _read_pasted_address()
         grant = oauth.finish_manual(pending, pasted)
     else:
         grant = oauth.run_loopback(client, port=port, login_hint=email)
-    login = google_login(ctx.settings, grant)
+    http = http_client(ctx.settings)
+    try:
+        login = google_login(ctx.settings, grant, http)
+    finally:  # listing customers spends the developer token's daily operations, whatever the outcome
+        ledger.record_spent(ctx.engine(), operations=http.operations, source="connect", now=SYSTEM_CLOCK.now())
     who = grant.email or "the Google user"
     _finish(ctx, box, email, login, chosen, every, f"Signed in to Google as {who}.")
+
+
+def _read_pasted_address() -> str:
+    """The redirected address, asked for on a terminal or read as one line of standard input (piped: no prompt)."""
+    if sys.stdin.isatty():
+        return typer.prompt("Paste that whole address here", prompt_suffix=": ", err=True)
+    print("Paste that whole address here: ", end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line.strip():
+        raise UserError("standard input ended before the address was pasted: nothing was connected")
+    return line.strip()
 
 
 @connect_app.command("meta")

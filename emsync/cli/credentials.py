@@ -83,8 +83,8 @@ def credentials_remove(
     from ..onboarding import http_client
 
     ctx = state(typer_ctx)
-    if credential_id < 1:
-        raise UserError(f"credential id must be a positive number, got {credential_id}")
+    if not 1 <= credential_id <= 2**31 - 1:
+        raise UserError(f"credential id must be a number from 1 to {2**31 - 1}, got {credential_id}")
     with ctx.transaction(write=False) as conn:
         credential = store.removable_credential(conn, credential_id, with_integrations=with_integrations)
         tokens = store.credential_state(conn, credential_id)

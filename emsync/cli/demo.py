@@ -83,8 +83,8 @@ def run_demo(*, keep: bool = False) -> int:
         print_status(console, report)
         console.print(
             "\nOne Meta integration shows [bold red]needs_reauth[/]: its token was revoked, which is what a real failure looks like.\n"
-            "Next steps for real accounts: [bold]emsync init[/], [bold]emsync users add[/], [bold]emsync integrations add[/], "
-            "then cron (see crontab.example)."
+            "Next steps for real accounts: [bold]emsync init[/], [bold]emsync connect google --email EMAIL[/] or "
+            "[bold]emsync connect meta --email EMAIL[/], then cron (see crontab.example)."
         )
         if keep:
             console.print(f"\nThe demo database is kept at {database}  (try: sqlite3 {database} 'select * from campaign_metrics limit 5')")

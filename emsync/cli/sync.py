@@ -117,7 +117,13 @@ def run_with_output(
     else:
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logs.formatter(settings.log_format))
-    handlers = logs.configure(log_format=settings.log_format, log_file=settings.log_file, console=console, verbose=verbose)
+    handlers = logs.configure(
+        log_format=settings.log_format,
+        log_file=settings.log_file,
+        log_file_origin=settings.origin("EMSYNC_LOG_FILE"),
+        console=console,
+        verbose=verbose,
+    )
 
     progress = None
     try:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import NoReturn
 
 from ..domain import Account, AccountInfo, Credentials, Fetched, InsightRow, SyncWindow, account_label
 from ..errors import AccountClosed, ApiError, FatalApiError, NeedsReauth, RetryableError
-from ..http import Service, read_body
+from ..http import HttpClient, Service, read_body
 from ..numbers import api_decimal, api_int
-from ..redaction import register_secret
+from ..redaction import redact, register_secret
 from .base import CLOSED_ACCOUNT_RETRY, HttpConnector, issued_token, refuse_unasked_rows, side_step_warning
 
 log = logging.getLogger("emsync")
@@ -92,29 +93,77 @@ def _retry_delay(error: dict) -> float | None:
     return None
 
 
-def _rate_scope(failures: list[dict]) -> str | None:
-    """Whose quota a QuotaError names (``quotaErrorDetails.rateScope``: ACCOUNT, DEVELOPER, PROJECT)."""
-    for failure in failures:
-        scope = ((failure.get("details") or {}).get("quotaErrorDetails") or {}).get("rateScope")
-        if scope:
-            return str(scope)
-    return None
+@dataclass(frozen=True)
+class AdsFailure:
+    """A Google Ads API error object, read once (``{"error": {"code", "status", "message", "details": [GoogleAdsFailure]}}``).
+
+    ``codes``: the ``errorCode`` values of every failure (``RESOURCE_EXHAUSTED``,
+    ``CUSTOMER_NOT_ENABLED``, ...); ``head``: "Google Ads STATUS CODES" for
+    messages; ``delay``: seconds the server asked to wait, when it did;
+    ``scope``: ``quotaErrorDetails.rateScope`` (ACCOUNT, DEVELOPER, PROJECT).
+    Google Ads API documents: "Understand API errors", "API Limits and Quotas".
+    """
+
+    code: object
+    status: str
+    codes: frozenset[str]
+    head: str
+    message: str
+    request_id: str | None
+    delay: float | None
+    scope: str | None
+
+    @classmethod
+    def parse(cls, error: dict, http_status: int) -> AdsFailure:
+        failures: list[dict] = []
+        request_id = None
+        for detail in error.get("details") or []:
+            failures.extend(detail.get("errors") or [])
+            request_id = request_id or detail.get("requestId")
+        codes = frozenset(str(v) for f in failures for v in (f.get("errorCode") or {}).values())
+        status = str(error.get("status") or "")
+        message = (failures[0].get("message") if failures else None) or error.get("message") or f"HTTP {http_status}"
+        scope = next(
+            (str(q["rateScope"]) for f in failures if (q := (f.get("details") or {}).get("quotaErrorDetails") or {}).get("rateScope")),
+            None,
+        )
+        named = sorted(codes - {status})  # a QuotaError RESOURCE_EXHAUSTED repeats the status: name it once
+        head = f"Google Ads {status or http_status}" + (f" {', '.join(named)}" if named else "")
+        return cls(error.get("code", http_status), status, codes, head, str(message), request_id, _retry_delay(error), scope)
+
+    @property
+    def label(self) -> str:
+        return redact(f"{self.head}: {self.message}")
+
+    @property
+    def unauthenticated(self) -> bool:
+        return self.code == 401 or self.status == "UNAUTHENTICATED"
+
+    def shared_error(self, api: HttpClient, *, retry_after: float | None = None) -> ApiError | None:
+        """What every Google Ads call does with a rate limit or a server fault; None: the caller decides.
+
+        A 429 ``RESOURCE_EXHAUSTED`` or ``RESOURCE_TEMPORARILY_EXHAUSTED`` is
+        decided by what the server asks, not by the error's name: a
+        ``retryDelay`` (or ``Retry-After``) up to ``EMSYNC_RETRY_MAX_WAIT`` is
+        waited and retried, a longer one is ``RateLimited`` until then; a daily
+        quota that names no time is ``RateLimited`` for an hour. 5xx and
+        INTERNAL/UNKNOWN/UNAVAILABLE/DEADLINE_EXCEEDED are retried.
+        """
+        if self.code == 429 or self.status == "RESOURCE_EXHAUSTED":
+            daily = "RESOURCE_EXHAUSTED" in self.codes and "RESOURCE_TEMPORARILY_EXHAUSTED" not in self.codes
+            return api.rate_limited(
+                self.label,
+                self.delay or retry_after,
+                request_id=self.request_id,
+                unknown=UNKNOWN_QUOTA_DELAY if daily else None,
+                scope=self.scope,
+            )
+        if self.code in (500, 502, 503, 504) or self.status in ("INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            return RetryableError(self.label, request_id=self.request_id)
+        return None
 
 
-def _failures(error: dict) -> tuple[list[dict], str | None]:
-    failures: list[dict] = []
-    request_id = None
-    for detail in error.get("details") or []:
-        failures.extend(detail.get("errors") or [])
-        request_id = request_id or detail.get("requestId")
-    return failures, request_id
-
-
-def _codes(failures: list[dict]) -> set[str]:
-    return {str(v) for f in failures for v in (f.get("errorCode") or {}).values()}
-
-
-def _stream_error(body) -> dict | None:
+def stream_error(body) -> dict | None:
     """The error object of a searchStream answer: the body's own, or one inside the array of batches."""
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return body["error"]
@@ -196,7 +245,7 @@ class GoogleConnector(HttpConnector):
 
     def _classify(self, response, account: Account) -> list:
         body = read_body(response, ADS)
-        error = _stream_error(body)
+        error = stream_error(body)
         if 200 <= response.status_code < 300:
             if error is not None:
                 self._raise(error, 500, account)  # an error inside a stream that had started
@@ -210,24 +259,14 @@ class GoogleConnector(HttpConnector):
         self._raise(error, response.status_code, account, retry_after=self.api.retry_after(response))
 
     def _raise(self, error: dict, http_status: int, account: Account, *, retry_after: float | None = None) -> NoReturn:
-        failures, request_id = _failures(error)
-        codes = _codes(failures)
-        status = error.get("status", "")
-        message = (failures[0].get("message") if failures else None) or error.get("message") or f"HTTP {http_status}"
-        head = f"Google Ads {status or http_status}" + (f" {', '.join(sorted(codes))}" if codes else "")
-        label = f"{head}: {message}"
-        code = error.get("code", http_status)
-        if code == 401 or status == "UNAUTHENTICATED":
+        failure = AdsFailure.parse(error, http_status)
+        head, codes, request_id = failure.head, failure.codes, failure.request_id
+        label = f"{head}: {failure.message}"
+        if failure.unauthenticated:
             raise _Unauthenticated(label, request_id=request_id)
-        if code == 429 or status == "RESOURCE_EXHAUSTED":
-            # What the server asks decides, not the error's name: a short retryDelay is waited for either way.
-            delay = _retry_delay(error) or retry_after
-            daily = "RESOURCE_EXHAUSTED" in codes and "RESOURCE_TEMPORARILY_EXHAUSTED" not in codes
-            raise self.api.rate_limited(
-                label, delay, request_id=request_id, unknown=UNKNOWN_QUOTA_DELAY if daily else None, scope=_rate_scope(failures)
-            )
-        if code in (500, 502, 503, 504) or status in ("INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
-            raise RetryableError(label, request_id=request_id)
+        shared = failure.shared_error(self.api, retry_after=retry_after)
+        if shared is not None:
+            raise shared
         if "CUSTOMER_NOT_ENABLED" in codes:
             raise AccountClosed(
                 f"{head}: the Google Ads account {account.label} is not enabled or has been deactivated at Google: emsync tries it "

@@ -10,13 +10,14 @@ import hashlib
 import hmac
 import logging
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 from urllib.parse import parse_qsl, urlsplit
 
 from ..domain import Account, AccountInfo, Credentials, Fetched, InsightRow, SyncWindow
 from ..errors import AccountClosed, ApiError, FatalApiError, NeedsAsyncReport, NeedsReauth, RetryableError
-from ..http import Service, read_body
+from ..http import HttpClient, Service, read_body
 from ..redaction import register_secret
 from .base import CLOSED_ACCOUNT_RETRY, HttpConnector, issued_token, refuse_unasked_rows, side_step_warning
 from .meta_insights import (
@@ -56,6 +57,48 @@ class _ReportLag(RetryableError):
 
 class _ReportFailed(ApiError):
     """A report run ended with "Job Failed" or "Job Skipped"."""
+
+
+@dataclass(frozen=True)
+class GraphFailure:
+    """A Graph API error object, read once (``{"error": {"message", "type", "code", "error_subcode", "fbtrace_id"}}``).
+
+    Graph API documents: "Handling Errors" (codes 1, 2 transient; 4, 17, 32, 613
+    and 80000-80014 rate limits; 190/102 the access token), "Rate Limiting"
+    (``X-Business-Use-Case-Usage``'s ``estimated_time_to_regain_access``, minutes).
+    """
+
+    code: object
+    sub: object
+    message: str
+    trace: str | None
+    transient_flag: bool
+
+    @classmethod
+    def parse(cls, error: dict) -> GraphFailure:
+        message = str(error.get("message", "")).strip().rstrip(".")
+        return cls(error.get("code"), error.get("error_subcode"), message, error.get("fbtrace_id"), bool(error.get("is_transient")))
+
+    @property
+    def label(self) -> str:
+        return f"Meta error {self.code}" + (f"/{self.sub}" if self.sub else "") + f": {self.message}"
+
+    @property
+    def token_refused(self) -> bool:
+        return self.code in TOKEN_CODES
+
+    def rate_limit(self, response, api: HttpClient) -> ApiError | None:
+        """A rate limit, decided by what Meta asks (usage headers' regain time, ``Retry-After``); None when not one."""
+        if self.code in RATE_LIMIT_CODES or self.sub == 2446079 or response.status_code == 429:
+            _, wait = usage(response.headers)
+            return api.rate_limited(self.label, wait or api.retry_after(response), request_id=self.trace)
+        return None
+
+    def transient(self, response) -> RetryableError | None:
+        """Codes 1 and 2, ``is_transient`` and 5xx: retried with backoff; None otherwise."""
+        if self.code in (1, 2) or self.transient_flag or response.status_code >= 500:
+            return RetryableError(self.label, request_id=self.trace)
+        return None
 
 
 def _token(creds: Credentials) -> str:
@@ -110,16 +153,13 @@ class MetaConnector(HttpConnector):
         self._raise(error, response, account, report_run)
 
     def _raise(self, error: dict, response, account: Account, report_run: str | None) -> NoReturn:
-        code = error.get("code")
-        sub = error.get("error_subcode")
-        message = str(error.get("message", "")).strip().rstrip(".")
-        trace = error.get("fbtrace_id")
-        label = f"Meta error {code}" + (f"/{sub}" if sub else "") + f": {message}"
-        if code in TOKEN_CODES:
+        failure = GraphFailure.parse(error)
+        code, sub, message, trace, label = failure.code, failure.sub, failure.message, failure.trace, failure.label
+        if failure.token_refused:
             raise NeedsReauth(f"{label}. The access token is expired or revoked. {self._reconnect(account)}", request_id=trace)
-        if code in RATE_LIMIT_CODES or sub == 2446079 or response.status_code == 429:
-            _, wait = usage(response.headers)
-            raise self.api.rate_limited(label, wait or self.api.retry_after(response), request_id=trace)
+        limited = failure.rate_limit(response, self.api)
+        if limited is not None:
+            raise limited
         if code == DEPRECATED_VERSION:
             raise FatalApiError(self._version_advice(label, message), request_id=trace)
         if report_run and (code, sub) == (100, 33):
@@ -138,9 +178,7 @@ class MetaConnector(HttpConnector):
             )
         if (code == 1 and "reduce the amount of data" in message.lower()) or (code, sub) in ((100, 1504018), (2, 1504038)):
             raise NeedsAsyncReport(label, request_id=trace)
-        if code in (1, 2) or error.get("is_transient") or response.status_code >= 500:
-            raise RetryableError(label, request_id=trace)
-        raise FatalApiError(label, request_id=trace)
+        raise failure.transient(response) or FatalApiError(label, request_id=trace)
 
     def _reconnect(self, account: Account) -> str:
         return f"Reconnect the ad account and run '{account.update_command} --access-token NEW_TOKEN --token-expires-at DATE'"

@@ -16,18 +16,18 @@ and the ``HttpClient``'s own ``operations`` every request sent, retries
 included: what the ledger records (``ledger.record(conn, operations=
 http.operations, source="connect")``).
 
-The error parsing repeats what ``connectors/google.py`` does for syncs; it
-should live once when that module's refactor settles.
+Errors are read and decided as a sync decides them (``connectors.google.AdsFailure``):
+a rate limit waits or becomes ``RateLimited`` by what Google asks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
-from ..errors import FatalApiError, NeedsReauth, RateLimited, RetryableError, UserError
-from ..http import HttpClient, Service, read_body, redact, register_secret
+from ..connectors.google import AdsFailure, stream_error
+from ..errors import FatalApiError, NeedsReauth, UserError
+from ..http import HttpClient, Service, read_body, register_secret
 
 CUSTOMER_CLIENT_QUERY = (
     "SELECT customer_client.id, customer_client.descriptive_name, customer_client.manager, customer_client.level, "
@@ -104,7 +104,7 @@ def list_accessible_customers(http: HttpClient, api: GoogleAdsApi) -> list[str]:
         "GET",
         f"{api.api_url}/{api.version}/customers:listAccessibleCustomers",
         headers=api.headers(None),
-        classify=lambda r: _classify_google(r, http.max_wait),
+        classify=lambda r: _classify_google(r, http),
         operation=True,  # counted in http.operations for the ledger (source "connect" or "check")
     )
     names = (body.get("resourceNames") or []) if isinstance(body, dict) else []  # proto3 JSON: {} when empty
@@ -128,7 +128,7 @@ def customer_clients(
         f"{api.api_url}/{api.version}/customers/{customer_id}/googleAds:searchStream",
         json={"query": query},
         headers=api.headers(login),
-        classify=lambda r: _classify_google(r, http.max_wait),
+        classify=lambda r: _classify_google(r, http),
         operation=True,
     )
     rows = []
@@ -185,52 +185,33 @@ def discover_google(http: HttpClient, api: GoogleAdsApi) -> GoogleDiscovery:
 ADS_SERVICE = Service("Google Ads", "GOOGLE_ADS_API_URL and GOOGLE_ADS_API_VERSION")
 
 
-def _classify_google(response, max_wait: float) -> Any:
+def _classify_google(response, http: HttpClient) -> Any:
+    """Status first, then Google's error object, decided as a sync decides (``AdsFailure.shared_error``)."""
     body = read_body(response, ADS_SERVICE)
-    if body is None:  # not JSON: the status decides (an HTML error page from a proxy, a 502)
-        if response.status_code == 429 or response.status_code >= 500:
-            raise RetryableError(f"Google Ads answered HTTP {response.status_code}")
-        raise FatalApiError(f"Google Ads answered HTTP {response.status_code} without an error description")
-    if response.status_code == 200:
-        for batch in body if isinstance(body, list) else []:
-            if isinstance(batch, dict) and "error" in batch:  # searchStream can fail inside a 200 array
-                _raise_google(batch["error"], 500, max_wait)
+    error = stream_error(body)
+    if 200 <= response.status_code < 300:
+        if error is not None:
+            _raise_google(error, 500, http)  # searchStream can fail inside a 200 array
         return body
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(body, list):
-        error = next((b.get("error") for b in body if isinstance(b, dict) and "error" in b), None)
-    _raise_google(error if isinstance(error, dict) else {}, response.status_code, max_wait)
+    if error is None:  # no error object (an HTML page from a proxy, a bare 502): the status decides
+        refused = NeedsReauth(f"Google Ads answered HTTP {response.status_code}: the access token was not accepted")
+        raise http.undescribed(response, ADS_SERVICE, unauthorized=refused)
+    _raise_google(error, response.status_code, http, retry_after=http.retry_after(response))
 
 
-def _raise_google(error: dict, http_status: int, max_wait: float):
-    failures: list[dict] = []
-    request_id, delay = None, None
-    for detail in error.get("details") or []:
-        failures.extend(detail.get("errors") or [])
-        request_id = request_id or detail.get("requestId")
-    codes = [str(v) for f in failures for v in (f.get("errorCode") or {}).values()]
-    for failure in failures:
-        raw = str(((failure.get("details") or {}).get("quotaErrorDetails") or {}).get("retryDelay") or "")
-        if raw.endswith("s") and raw[:-1].replace(".", "", 1).isdigit():
-            delay = float(raw[:-1])
-    status = error.get("status", "")
-    message = (failures[0].get("message") if failures else None) or error.get("message") or f"HTTP {http_status}"
-    label = redact(f"Google Ads {status or http_status}" + (f" {', '.join(codes)}" if codes else "") + f": {message}")
-    code = error.get("code", http_status)
-    if "NOT_ADS_USER" in codes:
+def _raise_google(error: dict, http_status: int, http: HttpClient, *, retry_after: float | None = None) -> NoReturn:
+    failure = AdsFailure.parse(error, http_status)
+    if "NOT_ADS_USER" in failure.codes:
         raise UserError(
             "this Google account has no access to Google Ads (NOT_ADS_USER): sign in with a Google account "
             "that has a Google Ads account or was invited to one"
         )
-    if code == 401 or status == "UNAUTHENTICATED":
-        raise NeedsReauth(label, request_id=request_id)
-    if code == 429 or status == "RESOURCE_EXHAUSTED":
-        if "RESOURCE_TEMPORARILY_EXHAUSTED" in codes and (delay is None or delay <= max_wait):
-            raise RetryableError(label, wait=delay, rate_limit=True, request_id=request_id)
-        until = datetime.now(UTC) + timedelta(seconds=delay or 3600)
-        raise RateLimited(label, retry_at=until, request_id=request_id)
-    if code in (500, 502, 503, 504) or status in ("INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
-        raise RetryableError(label, request_id=request_id)
-    if code == 403 or status == "PERMISSION_DENIED":
-        raise CustomerRefused(label, code=codes[0] if codes else "PERMISSION_DENIED", request_id=request_id)
-    raise FatalApiError(label, request_id=request_id)
+    if failure.unauthenticated:
+        raise NeedsReauth(failure.label, request_id=failure.request_id)
+    shared = failure.shared_error(http, retry_after=retry_after)
+    if shared is not None:
+        raise shared
+    if failure.code == 403 or failure.status == "PERMISSION_DENIED":
+        code = sorted(failure.codes)[0] if failure.codes else "PERMISSION_DENIED"
+        raise CustomerRefused(failure.label, code=code, request_id=failure.request_id)
+    raise FatalApiError(failure.label, request_id=failure.request_id)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from ..errors import FatalApiError, NeedsReauth, RetryableError, UserError
+from ..connectors.meta import GraphFailure
+from ..errors import FatalApiError, NeedsReauth, UserError
 from ..http import HttpClient, Service, read_body, redact, register_secret
 
 GRAPH_SERVICE = Service("Meta", "META_GRAPH_URL and META_API_VERSION")
@@ -35,7 +36,6 @@ ACCOUNT_STATUS = {
     201: "ANY_ACTIVE",
     202: "ANY_CLOSED",
 }
-RATE_LIMIT_CODES = {4, 17, 32, 613} | set(range(80000, 80015))
 MAX_PAGES = 500
 PAGE_SIZE = 100
 
@@ -121,7 +121,7 @@ def debug_token(http: HttpClient, graph: GraphApi) -> MetaToken:
             "GET",
             f"{graph.graph_url}/{graph.version}/debug_token",
             params={"input_token": graph.access_token, "access_token": inspector},
-            classify=_classify_meta,
+            classify=lambda r: _classify_meta(r, http),
         )
     except NeedsReauth as exc:
         raise UserError(f"Meta refused the token: {exc}") from None
@@ -182,7 +182,7 @@ def ad_account(http: HttpClient, graph: GraphApi, account_id: str) -> MetaAdAcco
         "GET",
         f"{graph.graph_url}/{graph.version}/act_{account_id}",
         params={**graph.params(), "fields": AD_ACCOUNT_FIELDS.removeprefix("id,account_id,")},
-        classify=_classify_meta,
+        classify=lambda r: _classify_meta(r, http),
     )
     return _account(body, account_id, "me")
 
@@ -234,7 +234,7 @@ def _pages(http: HttpClient, graph: GraphApi, edge: str, fields: str) -> Iterato
     followed: set[str] = set()
     host = urlsplit(graph.graph_url).netloc
     while url:
-        body = http.send("GET", url, params=params, classify=_classify_meta)
+        body = http.send("GET", url, params=params, classify=lambda r: _classify_meta(r, http))
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
             raise FatalApiError(f"Meta's answer for {edge} has no data list")
@@ -250,28 +250,26 @@ def _pages(http: HttpClient, graph: GraphApi, edge: str, fields: str) -> Iterato
         url, params = following, None  # the link carries the query, token included
 
 
-def _classify_meta(response) -> dict:
-    if response.status_code == 429:
-        raise RetryableError("Meta answered HTTP 429", rate_limit=True)
+def _classify_meta(response, http: HttpClient) -> dict:
+    """Status first, then Meta's error object, decided as a sync decides (``connectors.meta.GraphFailure``)."""
     body = read_body(response, GRAPH_SERVICE)
-    if body is None:  # not JSON: the status decides
-        if response.status_code >= 500:
-            raise RetryableError(f"Meta answered HTTP {response.status_code}")
-        raise FatalApiError(f"Meta answered HTTP {response.status_code} without an error description")
     error = body.get("error") if isinstance(body, dict) else None
-    if response.status_code == 200 and not error:
+    if response.status_code < 400 and not error:
+        if not isinstance(body, dict):
+            raise FatalApiError("Meta answered with JSON emsync cannot read (not an object)")
         return body
-    error = error if isinstance(error, dict) else {}
-    code = error.get("code")
-    message = redact(f"Meta error {code}: {error.get('message') or f'HTTP {response.status_code}'}")
-    trace = error.get("fbtrace_id")
-    if code in (190, 102):
-        raise NeedsReauth(message, request_id=trace)
-    if code in RATE_LIMIT_CODES:
-        raise RetryableError(message, rate_limit=True, request_id=trace)
-    if code in (1, 2) or error.get("is_transient") or response.status_code >= 500:
-        raise RetryableError(message, request_id=trace)
-    raise GraphRefused(message, code=code if isinstance(code, int) else None, request_id=trace)
+    if not isinstance(error, dict):  # no error object: the status decides (429 and 5xx honour Retry-After)
+        refused = NeedsReauth(f"Meta answered HTTP {response.status_code}: the access token is not accepted")
+        raise http.undescribed(response, GRAPH_SERVICE, unauthorized=refused)
+    failure = GraphFailure.parse(error)
+    message = redact(failure.label)
+    if failure.token_refused:
+        raise NeedsReauth(message, request_id=failure.trace)
+    raise (
+        failure.rate_limit(response, http)
+        or failure.transient(response)
+        or GraphRefused(message, code=failure.code if isinstance(failure.code, int) else None, request_id=failure.trace)
+    )
 
 
 def _epoch(value) -> datetime | None:

@@ -38,6 +38,9 @@ def serve_forever(*, port: int, scenario_file: str | None, latency_ms: int) -> N
     print(f"emsync sandbox listening on {sandbox.url} (Ctrl-C to stop). Point emsync at it with:\n")
     for name, value in sandbox.env().items():
         print(f"export {name}={value}")
+    # oauthlib (connect google) refuses plain http unless this is in the process environment; an env file does
+    # not reach it. Only ever for this loopback sandbox: real Google endpoints are https.
+    print("export OAUTHLIB_INSECURE_TRANSPORT=1")
     print(f"\nRequest log: curl {sandbox.url}/__sandbox/requests", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

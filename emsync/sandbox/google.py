@@ -173,14 +173,7 @@ def _search(sb: Sandbox, req: Request, version: str, customer: str, query: str |
     manager = (account or {}).get("manager")
     login = req.headers.get("login-customer-id")
     if account is None or (manager and login != manager) or not _reachable(sb, user, customer, login):
-        return _stream_error(
-            version,
-            403,
-            "PERMISSION_DENIED",
-            "The caller does not have permission",
-            {"authorizationError": "USER_PERMISSION_DENIED"},
-            PERMISSION_MESSAGE,
-        )
+        return _permission_denied(version)
     if account.get("status", "ENABLED") != "ENABLED":
         return _not_enabled(version)
     endpoint = "customer_client" if resource == "customer_client" else "search_stream"
@@ -219,6 +212,17 @@ def _reachable(sb: Sandbox, user: dict | None, customer: str, login: str | None)
         return True
     through = login or customer
     return through in {str(a) for a in user["accessible"]} and customer in descendants(sb, through)
+
+
+def _permission_denied(version: str) -> Response:
+    return _stream_error(
+        version,
+        403,
+        "PERMISSION_DENIED",
+        "The caller does not have permission",
+        {"authorizationError": "USER_PERMISSION_DENIED"},
+        PERMISSION_MESSAGE,
+    )
 
 
 def _not_enabled(version: str) -> Response:
@@ -271,14 +275,7 @@ def _fault(version: str, fault: dict) -> Response | None:
     if kind == "unauthenticated":
         return Response(401, [_token_revoked(version)])
     if kind == "permission_denied":
-        return _stream_error(
-            version,
-            403,
-            "PERMISSION_DENIED",
-            "The caller does not have permission",
-            {"authorizationError": "USER_PERMISSION_DENIED"},
-            PERMISSION_MESSAGE,
-        )
+        return _permission_denied(version)
     if kind == "not_enabled":
         return _not_enabled(version)
     if kind == "bad_query":

@@ -15,7 +15,7 @@ from datetime import date, timedelta
 from urllib.parse import urlencode
 
 from .data import day_stats, months_before
-from .meta_discovery import token_invalid
+from .meta_discovery import token_invalid, token_scopes
 from .meta_query import action as _action
 from .meta_query import attributed as _attributed
 from .meta_query import attribution_asked as _attribution_asked
@@ -146,24 +146,34 @@ def _endpoint_fault(sb: Sandbox, endpoint: str) -> Response | None:
     return error(500, 2, "An unexpected error has occurred. Please retry your request later.", transient=True)
 
 
-def _guarded(sb: Sandbox, req: Request, account_id: str, endpoint: str, answer) -> Response:
-    """Token, proof, account and fault checks shared by every account endpoint, then ``answer``."""
-    params = req.params
-    token = params.get("access_token") or _bearer(req)
+def caller_refused(sb: Sandbox, req: Request) -> tuple[str, Response | None]:
+    """The request's access token (query or Bearer) and Meta's refusal when it is missing, invalid or its proof is wrong."""
+    token = req.params.get("access_token") or _bearer(req) or ""
     if not token:
-        return error(400, 104, "An access token is required to request this resource.")
-    if token in sb.scenario["meta_revoked_tokens"]:
-        return error(
+        return token, error(400, 104, "An access token is required to request this resource.")
+    if token_invalid(sb, token):
+        return token, error(
             400,
             190,
             "Error validating access token: The session has been invalidated because the user changed their password.",
             subcode=460,
         )
-    proof = params.get("appsecret_proof")
+    proof = req.params.get("appsecret_proof")
     if proof is not None:
         expected = hmac.new(sb.scenario["meta_app_secret"].encode(), token.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(proof, expected):
-            return error(400, 100, "Invalid appsecret_proof provided in the API argument", kind="GraphMethodException")
+            return token, error(400, 100, "Invalid appsecret_proof provided in the API argument", kind="GraphMethodException")
+    return token, None
+
+
+def _guarded(sb: Sandbox, req: Request, account_id: str, endpoint: str, answer) -> Response:
+    """Token, proof, account and fault checks shared by every account endpoint, then ``answer``."""
+    params = req.params
+    token, refused = caller_refused(sb, req)
+    if refused is not None:
+        return refused
+    if not set(token_scopes(sb, token)) & {"ads_read", "ads_management"}:
+        return error(403, 200, "(#200) Ad account owner has NOT grant ads_management or ads_read permission")
     account = sb.account("meta", account_id)
     if account is None:
         return error(

@@ -26,8 +26,6 @@ Shapes (Meta Graph API reference: "Debug-Token", "User › Ad Accounts",
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from urllib.parse import urlencode
 
@@ -50,6 +48,11 @@ def token_config(sb: Sandbox, token: str) -> dict:
 
 def token_invalid(sb: Sandbox, token: str) -> bool:
     return token in sb.scenario["meta_revoked_tokens"] or token_config(sb, token).get("valid") is False
+
+
+def token_scopes(sb: Sandbox, token: str) -> list[str]:
+    """The permissions a token was granted (``meta_tokens`` entry, else ads_read and read_insights)."""
+    return _scopes(token_config(sb, token))
 
 
 def _scopes(config: dict) -> list[str]:
@@ -119,24 +122,12 @@ def route(sb: Sandbox, req: Request, rest: str) -> tuple[str, str | None, Respon
 
 
 def _edge(sb: Sandbox, req: Request, edge: str, business: str | None) -> Response:
-    from .meta import _bearer, error
+    from .meta import caller_refused, error
 
     params = req.params
-    token = params.get("access_token") or _bearer(req) or ""
-    if not token:
-        return error(400, 104, "An access token is required to request this resource.")
-    if token_invalid(sb, token):
-        return error(
-            400,
-            190,
-            "Error validating access token: The session has been invalidated because the user changed their password.",
-            subcode=460,
-        )
-    proof = params.get("appsecret_proof")
-    if proof is not None:
-        expected = hmac.new(sb.scenario["meta_app_secret"].encode(), token.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(proof, expected):
-            return error(400, 100, "Invalid appsecret_proof provided in the API argument", kind="GraphMethodException")
+    token, refused = caller_refused(sb, req)
+    if refused is not None:
+        return refused
     config = token_config(sb, token)
     scopes = set(_scopes(config))
     if edge == "adaccounts" and not scopes & {"ads_read", "ads_management"}:
