@@ -183,8 +183,52 @@ def write_transaction(engine):
 
 def explain(exc: Exception, url: str) -> DatabaseError:
     """Turn a driver error into one line that names the database, never its password."""
-    first = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return DatabaseError(f"database error ({describe_url(url)}): {first}")
+    return DatabaseError(f"database error ({describe_url(url)}): {describe_error(exc)}")
+
+
+# What the drivers say, in the words an operator needs: (SQLSTATEs, texts, words). PostgreSQL names a condition by
+# its SQLSTATE (psycopg's ``sqlstate``); SQLite and a connection that died mid-statement only by their text.
+_IN_WORDS: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...] = (
+    (("53100",), ("database or disk is full", "no space left on device", "could not extend file"), "disk full"),
+    (
+        ("57P01", "57P02", "08006", "08003"),
+        (
+            "server closed the connection",
+            "terminating connection",
+            "connection already closed",
+            "the connection is closed",
+            "consuming input failed",
+            "ssl connection has been closed",
+            "connection reset",
+            "broken pipe",
+            "connection is lost",
+        ),
+        "database connection lost",
+    ),
+    (("53300", "57P03"), ("connection refused", "too many clients", "remaining connection slots"), "the database refused the connection"),
+    ((), ("database is locked",), "the database stayed locked by another process"),
+    ((), ("readonly database", "read-only"), "the database is read-only"),
+    ((), ("disk i/o error",), "disk I/O error on the database"),
+    ((), ("unable to open database file",), "cannot open the database file"),
+)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line about a database error in words ("disk full", "database connection lost"), then the driver's own
+    first line in parentheses; never the driver's class name nor the SQL."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    detail = lines[0].strip() if lines else ""
+    if detail.startswith("(") and ") " in detail:  # SQLAlchemy's "(sqlite3.OperationalError) ..." prefix
+        detail = detail.split(") ", 1)[1]
+    text = detail.lower()
+    sqlstate = getattr(orig, "sqlstate", None)
+    words = next((w for states, markers, w in _IN_WORDS if sqlstate in states or any(m in text for m in markers)), None)
+    if words is None and getattr(exc, "connection_invalidated", False):
+        words = "database connection lost"
+    if words is None:
+        return detail or type(orig).__name__
+    return f"{words} ({detail})" if detail and detail.lower() != words.lower() else words
 
 
 def current_revision(conn) -> str | None:

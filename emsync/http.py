@@ -27,21 +27,60 @@ from typing import Any
 
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import ApiError, FatalApiError, RateLimited, RetryableError
+from .interrupts import CancelToken
 from .redaction import RedactingFilter, redact, register_secret
 
 log = logging.getLogger("emsync")
 
 
-def new_session(pool_size: int):
+def new_session(pool_size: int, cancel: CancelToken | None = None):
+    """A requests session for up to ``pool_size`` concurrent requests. With ``cancel``, setting the token aborts
+    every request in flight on this session (its sockets are shut down, see ``interrupts``)."""
     import requests
     from requests.adapters import HTTPAdapter
 
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 4), max_retries=0)
+    maxsize = max(pool_size, 4)
+    if cancel is None:
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=maxsize, max_retries=0)
+    else:
+        adapter = _cancellable_adapter(cancel, pool_connections=4, pool_maxsize=maxsize, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = "emsync/0.1 (+https://pypi.org/project/emsync)"
     return session
+
+
+def _cancellable_adapter(cancel: CancelToken, **sizes):
+    """An HTTPAdapter whose connections register with ``cancel`` once connected (and leave it when closed)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def tracked(base: type) -> type:
+        class Tracked(base):
+            def connect(self) -> None:
+                super().connect()
+                cancel.track(self)
+
+            def close(self) -> None:
+                cancel.untrack(self)
+                super().close()
+
+        return Tracked
+
+    class HttpPool(HTTPConnectionPool):
+        ConnectionCls = tracked(HTTPConnection)
+
+    class HttpsPool(HTTPSConnectionPool):
+        ConnectionCls = tracked(HTTPSConnection)
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": HttpPool, "https": HttpsPool}
+
+    return Adapter(**sizes)
 
 
 class HttpClient:
@@ -50,13 +89,18 @@ class HttpClient:
     ``requests`` counts every request sent (retries included); ``operations`` those sent with
     ``operation=True``, the calls a platform charges against a daily quota (Google Ads
     operations); ``last_headers`` are the headers of the latest response (Meta's usage headers).
+    ``cancel``: the run's token; once set, ``send`` and ``pause`` raise ``Interrupted`` instead of sending,
+    retrying or waiting, and a request in flight (on a session made with that token) is aborted.
     """
 
     # Tests replace this to avoid real waiting; everything that waits goes through it.
     sleep: Callable[[float], None] = staticmethod(time.sleep)
 
-    def __init__(self, session, *, timeout: float, attempts: int, max_wait: float, clock: Clock = SYSTEM_CLOCK):
+    def __init__(
+        self, session, *, timeout: float, attempts: int, max_wait: float, clock: Clock = SYSTEM_CLOCK, cancel: CancelToken | None = None
+    ):
         self.session = session
+        self.cancel = cancel
         self.clock = clock
         self.timeout = timeout
         self.attempts = attempts
@@ -66,9 +110,22 @@ class HttpClient:
         self.last_headers: Any = {}
 
     def pause(self, seconds: float, reason: str) -> None:
+        """Wait ``seconds`` (a back-off, a report's polling interval). Raises ``Interrupted`` once the run's token is set."""
         if seconds > 0:
             log.info("pausing %.1fs: %s", seconds, reason)
-            type(self).sleep(seconds)
+            self._sleep(seconds)
+
+    def _sleep(self, seconds: float) -> None:
+        sleep = type(self).sleep
+        if self.cancel is None:
+            sleep(seconds)
+            return
+        if sleep is time.sleep:  # the real clock: wake as soon as the run is stopped
+            self.cancel.wait(seconds)
+        else:  # tests replace ``sleep`` to count the waits instead of sleeping them
+            self.cancel.check()
+            sleep(seconds)
+        self.cancel.check()
 
     def send(self, method: str, url: str, *, classify: Callable[[Any], Any], operation: bool = False, **kwargs) -> Any:
         """Send with retries; return what ``classify`` returns. ``operation``: each attempt counts in ``operations``.
@@ -103,7 +160,7 @@ class HttpClient:
             retry=retry_if_exception_type(RetryableError),
             stop=stop_after_attempt(self.attempts),
             wait=wait,
-            sleep=lambda s: type(self).sleep(s),
+            sleep=self._sleep,
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -182,21 +239,31 @@ class HttpClient:
     def _attempt(self, method: str, url: str, classify, kwargs, operation: bool) -> Any:
         import requests
 
+        self._check_cancelled()
         self.requests += 1
         self.operations += operation
         try:
             response = self.session.request(method, url, timeout=(self.timeout, self.timeout), **kwargs)
         except requests.Timeout:
+            self._check_cancelled()
             raise RetryableError(f"no answer within {self.timeout:g}s from {_host(url)}") from None
         except requests.ConnectionError as exc:
+            self._check_cancelled()  # the run's token aborted it: not a network failure to retry
             raise RetryableError(f"connection to {_host(url)} failed: {_reason(exc)}") from None
         except requests.RequestException as exc:
+            self._check_cancelled()
             raise RetryableError(f"request to {_host(url)} failed: {_reason(exc)}") from None
         self.last_headers = response.headers
         try:
             return classify(response)
         except requests.RequestException as exc:  # body cut off while reading
+            self._check_cancelled()
             raise RetryableError(f"response from {_host(url)} was cut off: {_reason(exc)}") from None
+
+    def _check_cancelled(self) -> None:
+        """Raises ``Interrupted`` once the run's token is set."""
+        if self.cancel is not None:
+            self.cancel.check()
 
 
 @dataclass(frozen=True)

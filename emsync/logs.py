@@ -11,6 +11,7 @@ from .http import RedactingFilter
 
 LOG_FILE_BYTES = 10 * 1024 * 1024
 LOG_FILE_BACKUPS = 5
+_ATTACHED: set[str] = set()  # other libraries' loggers ``attach`` sent to emsync's handlers
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,6 +24,8 @@ class JsonFormatter(logging.Formatter):
         for key in ("integration_id", "platform", "email", "run_id", "status", "rows"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
+        if record.exc_info and not record.exc_text:  # logger.exception(): uvicorn's and ours alike
+            record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exception"] = record.exc_text
         return json.dumps(entry, ensure_ascii=False)
@@ -78,8 +81,22 @@ def configure(
     return handlers
 
 
-def detach(handlers: list[logging.Handler]) -> None:
-    logger = logging.getLogger("emsync")
+def attach(handlers: list[logging.Handler], name: str) -> None:
+    """Send another library's logger ``name`` (e.g. uvicorn's) to emsync's ``handlers`` (format, file, redaction) at INFO,
+    instead of its own configuration. ``detach`` closes the handlers; the logger keeps none of them after it."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    _ATTACHED.add(name)
     for handler in handlers:
-        logger.removeHandler(handler)
+        logger.addHandler(handler)
+
+
+def detach(handlers: list[logging.Handler]) -> None:
+    for name in ("emsync", *_ATTACHED):
+        logger = logging.getLogger(name)
+        for handler in handlers:
+            if handler in logger.handlers:
+                logger.removeHandler(handler)
+    for handler in handlers:
         handler.close()

@@ -159,7 +159,7 @@ class SyncRun(SQLModel, table=True):
     started_at: datetime = Field(default_factory=utcnow, nullable=False, index=True)
     heartbeat_at: datetime = Field(default_factory=utcnow, nullable=False)
     finished_at: datetime | None = None
-    status: str = Field(default="running", max_length=16, nullable=False)  # running | ok | failed | died
+    status: str = Field(default="running", max_length=16, nullable=False)  # running | ok | failed | interrupted | died
     integrations_total: int = Field(default=0, nullable=False)
     succeeded: int = Field(default=0, nullable=False)
     failed: int = Field(default=0, nullable=False)

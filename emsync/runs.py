@@ -64,12 +64,16 @@ def bury_dead_runs(conn, host: str, now: datetime) -> int:
     return len(dead)
 
 
-def finish_run(conn, run_id: int, *, now: datetime, total: int, succeeded: int, failed: int, skipped: int, rows: int) -> None:
+def finish_run(
+    conn, run_id: int, *, now: datetime, total: int, succeeded: int, failed: int, skipped: int, rows: int, status: str | None = None
+) -> None:
+    """The run's end and counts. ``status``: ``ok``, ``failed`` or ``interrupted``; by default ``failed`` when any
+    integration failed, else ``ok``. ``total`` minus the other counts is what an interrupt left unfinished."""
     conn.execute(
         update(runs_t)
         .where(runs_t.c.id == run_id)
         .values(
-            status="failed" if failed else "ok",
+            status=status or ("failed" if failed else "ok"),
             finished_at=now,
             heartbeat_at=now,
             integrations_total=total,

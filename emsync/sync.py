@@ -41,6 +41,7 @@ recording the failure — becomes its ``IntegrationResult`` and the run moves on
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
@@ -55,12 +56,13 @@ from . import access, budget, campaign_rows, keys, ledger, runs, store
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
 from .connectors.base import side_step_warning
-from .db import make_engine, write_transaction
+from .db import describe_error, make_engine, write_transaction
 from .domain import AccountInfo, Credentials, Fetched, IntegrationState, SyncWindow, account_label
 from .errors import AccountClosed, ApiError, EmsyncError, NeedsReauth, RateLimited
 from .healthcheck import Healthcheck
 from .heartbeat import Heartbeat
 from .http import HttpClient, new_session
+from .interrupts import CancelToken, Interrupted
 from .locks import Claim, LeaseLost, Locker, locker_for
 from .redaction import redact, register_secret
 from .runs import DueIntegration
@@ -91,7 +93,7 @@ class IntegrationResult:
     platform: str
     email: str
     account_id: str
-    status: str  # ok | error | needs_reauth | rate_limited | skipped
+    status: str  # ok | error | needs_reauth | rate_limited | skipped | interrupted (stopped mid-fetch) | not_started
     rows: int = 0
     api_requests: int = 0
     duration_s: float = 0.0
@@ -102,7 +104,7 @@ class IntegrationResult:
 
     @property
     def failed(self) -> bool:
-        return self.status not in ("ok", "skipped")
+        return self.status not in ("ok", "skipped", *UNFINISHED)
 
     @property
     def label(self) -> str:
@@ -128,6 +130,10 @@ class IntegrationResult:
         }
 
 
+# An interrupted run's integrations that never finished: stopped in flight (nothing written) or never begun.
+UNFINISHED = ("interrupted", "not_started")
+
+
 @dataclass
 class RunResult:
     run_id: int
@@ -135,6 +141,8 @@ class RunResult:
     due: int = 0
     results: list[IntegrationResult] = field(default_factory=list)
     duration_s: float = 0.0
+    interrupted: bool = False  # stopped by Ctrl-C or SIGTERM (``interrupts``)
+    status: str = "running"  # as recorded on the run's row at its end: ok | failed | interrupted
 
     @property
     def succeeded(self) -> int:
@@ -153,25 +161,55 @@ class RunResult:
         return sum(r.rows for r in self.results)
 
     @property
+    def finished(self) -> int:
+        """Integrations whose attempt ended and was recorded, successful or not."""
+        return self.succeeded + self.failed
+
+    @property
+    def stopped(self) -> int:
+        """Integrations an interrupt stopped mid-fetch (nothing written)."""
+        return sum(r.status == "interrupted" for r in self.results)
+
+    @property
+    def not_started(self) -> int:
+        return sum(r.status == "not_started" for r in self.results)
+
+    @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
     def summary(self) -> str:
+        if self.interrupted:
+            return self.interrupted_line()
         text = f"Sync completed: {self.succeeded} success, {self.failed} failed"
         if self.skipped:
             text += f", {self.skipped} skipped"
         return f"{text}, {self.rows} rows in {self.duration_s:.1f}s"
 
+    def interrupted_line(self) -> str:
+        """``interrupted: 2 finished, 4 not started; previous rows kept`` (plus those stopped mid-fetch and skipped, when any)."""
+        parts = [f"{self.finished} finished"]
+        if self.stopped:
+            parts.append(f"{self.stopped} stopped mid-fetch")
+        parts.append(f"{self.not_started} not started")
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped")
+        return f"interrupted: {', '.join(parts)}; previous rows kept"
+
     def as_dict(self) -> dict:
         """The shape of ``sync-all --json``."""
         return {
             "run_id": self.run_id,
+            "status": self.status,
+            "interrupted": self.interrupted,
             "started_at": self.started_at.isoformat(),
             "duration_s": round(self.duration_s, 3),
             "due": self.due,
             "succeeded": self.succeeded,
             "failed": self.failed,
             "skipped": self.skipped,
+            "stopped": self.stopped,
+            "not_started": self.not_started,
             "rows": self.rows,
             "integrations": [r.as_dict() for r in self.results],
         }
@@ -220,7 +258,7 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, EmsyncError):
         text = str(exc)
     elif isinstance(exc, SQLAlchemyError):
-        text = "database error: " + (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        text = "database error: " + describe_error(exc)  # "disk full", "database connection lost": words, not a class name
     else:
         text = f"{type(exc).__name__}: {exc}"
     return redact(text)
@@ -242,7 +280,8 @@ class Syncer:
     """Runs sync-all / sync-user for one process: a thread per integration, up to ``EMSYNC_CONCURRENCY`` at once.
 
     ``on_start(due)`` and ``on_result(result)`` let a front end show progress;
-    ``clock`` supplies every timestamp (tests pass a ``ManualClock``).
+    ``clock`` supplies every timestamp (tests pass a ``ManualClock``); ``cancel`` stops the run
+    (``interrupts``: set by the CLI's or the server's signal handlers).
     """
 
     def __init__(
@@ -253,8 +292,10 @@ class Syncer:
         clock: Clock = SYSTEM_CLOCK,
         on_result: Callable[[IntegrationResult], None] | None = None,
         on_start: Callable[[int], None] | None = None,
+        cancel: CancelToken | None = None,
     ):
         self.settings = settings
+        self.cancel = cancel or CancelToken()
         self.db = db_engine
         self.clock = clock
         self.box = keys.require_box(settings, db_engine)
@@ -298,9 +339,9 @@ class Syncer:
         try:
             result = self._run(options, opened)
         except BaseException as exc:
-            ping.finish(False, f"emsync run crashed: {type(exc).__name__}")
+            ping.finish(False, f"emsync run crashed: {describe_failure(exc) if isinstance(exc, Exception) else type(exc).__name__}")
             raise
-        ping.finish(result.failed == 0, result.summary())
+        ping.finish(result.status == "ok", result.summary())
         return result
 
     def _run(self, options: SyncOptions, opened: RunResult | None) -> RunResult:
@@ -341,34 +382,72 @@ class Syncer:
                 due = [item for item in due if not _is_fresh(item.last_sync_started_at, fresh_after)]
             locker = locker_for(self.db, self.settings.database_url, host=self.host)
             locker.prepare()
-            session = new_session(self.settings.concurrency)
+            session = new_session(self.settings.concurrency, cancel=self.cancel)
             with (
                 self._heartbeat_engine() as beat_db,
                 Heartbeat(beat_db, result.run_id, locker, self.clock),
                 ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="sync") as pool,
             ):
                 futures = [pool.submit(self._sync_one, item, result, options, locker, session, fresh_after) for item in due]
-                for future in as_completed(futures):
-                    item_result = future.result()
-                    result.results.append(item_result)
-                    self.on_result(item_result)
+                self._collect(futures, result)
             session.close()
-        finally:
-            result.duration_s = time.monotonic() - clock
-            with write_transaction(self.db) as conn:
-                runs.finish_run(
-                    conn,
-                    result.run_id,
-                    now=self.clock.now(),
-                    total=result.due,
-                    succeeded=result.succeeded,
-                    failed=result.failed,
-                    skipped=result.skipped,
-                    rows=result.rows,
-                )
+        except BaseException:
+            self._finish_run(result, clock, crashed=True)
+            raise
+        self._finish_run(result, clock, crashed=False)
         result.results.sort(key=lambda r: r.integration_id)
         log.info(result.summary())
         return result
+
+    def _collect(self, futures: list, result: RunResult) -> None:
+        """Each integration's result as it comes. Once the run is stopped, workers still queued return ``not_started``
+        at once and those fetching are aborted, so this ends soon after; writes already begun finish first."""
+        pending = set(futures)
+        while pending:
+            try:
+                for future in as_completed(pending):
+                    pending.discard(future)
+                    item_result = future.result()
+                    result.results.append(item_result)
+                    if item_result.status != "not_started":
+                        self.on_result(item_result)
+            except KeyboardInterrupt:  # no signal handler installed (a library caller): stop as the CLI's Ctrl-C does
+                self.cancel.set(signal.SIGINT)
+
+    def _finish_run(self, result: RunResult, clock: float, *, crashed: bool) -> None:
+        """Record the run's end on its row: ``interrupted`` once the token was set, ``failed`` when an integration
+        failed or the run itself broke off (a database error, a bug: never ``ok``), else ``ok``.
+
+        After a crash the row is written when the database still allows it, and the crash is what the caller sees.
+        Raises the database's error otherwise.
+        """
+        from sqlalchemy.exc import DBAPIError
+
+        result.duration_s = time.monotonic() - clock
+        result.interrupted = self.cancel.is_set()
+        result.status = "interrupted" if result.interrupted else "failed" if crashed or result.failed else "ok"
+        for attempt in (1, 2):
+            try:
+                with write_transaction(self.db) as conn:
+                    runs.finish_run(
+                        conn,
+                        result.run_id,
+                        now=self.clock.now(),
+                        total=result.due,
+                        succeeded=result.succeeded,
+                        failed=result.failed,
+                        skipped=result.skipped,
+                        rows=result.rows,
+                        status=result.status,
+                    )
+                return
+            except Exception as exc:
+                if attempt == 1 and isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                    continue  # the connection died (a database restart): the pool has been emptied, a new one may work
+                if not crashed:
+                    raise
+                log.error("could not record the end of run %s: %s", result.run_id, describe_failure(exc))
+                return
 
     def _fresh_after(self, options: SyncOptions, started: datetime) -> datetime | None:
         """Integrations whose last successful sync started at or after this are fresh enough to skip (None: take all)."""
@@ -395,11 +474,17 @@ class Syncer:
     ) -> IntegrationResult:
         """Claim, read, attempt. Never raises: anything that goes wrong is this integration's result."""
         result = IntegrationResult(item.id, item.platform, item.email, item.account_id, status="skipped")
+        if self.cancel.is_set():  # the run was stopped before this one's turn
+            result.status = "not_started"
+            return result
         try:
             claim = locker.try_claim(item.id)
             if claim is None:
                 return self._skip(result, "another run is syncing it")
-            with claim:
+            with claim:  # released on the way out, whatever happens (an interrupt included)
+                if self.cancel.is_set():
+                    result.status = "not_started"
+                    return result
                 state = claim.state
                 if state is None:
                     with self.db.begin() as conn:
@@ -435,13 +520,19 @@ class Syncer:
         s = self.settings
         started = self.clock.now()
         clock = time.monotonic()
-        api = HttpClient(session, timeout=s.http_timeout, attempts=s.retry_attempts, max_wait=s.retry_max_wait, clock=self.clock)
+        api = HttpClient(
+            session, timeout=s.http_timeout, attempts=s.retry_attempts, max_wait=s.retry_max_wait, clock=self.clock, cancel=self.cancel
+        )
         work = _Fetch(claim, Credentials())
         try:
             self._fetch(state, work, api, force_full=options.full, now=started)
             result.window = work.window
+            self.cancel.check()  # stopped while fetching: roll back (write nothing); a write already begun is finished
             result.rows = self._save_success(state, work, run_id, started, api)
             result.status = "ok"
+        except Interrupted as exc:  # the run was stopped while this one fetched: nothing of it is written
+            result.window = work.window
+            self._abandon(state, result, api, exc)
         except Exception as exc:
             result.window = work.window
             result.status = exc.status if isinstance(exc, ApiError) else "error"
@@ -464,6 +555,18 @@ class Syncer:
         result.warnings = work.warnings
         result.api_requests = api.requests
         result.duration_s = time.monotonic() - clock
+
+    def _abandon(self, state: IntegrationState, result: IntegrationResult, api: HttpClient, exc: Interrupted) -> None:
+        """An attempt the run's interrupt stopped: nothing of it is written — no rows, no attempt, no status — except the
+        Google Ads operations it already spent (the ledger counts what was sent). The claim is released by the caller."""
+        result.status = "interrupted"
+        result.error = str(exc)
+        if api.operations:
+            try:
+                with write_transaction(self.db) as conn:
+                    ledger.record(conn, operations=api.operations, source="sync", now=self.clock.now(), integration_id=state.id)
+            except Exception:  # the run is stopping; a lost count is corrected by the next 429
+                log.debug("could not record the operations of an interrupted attempt", exc_info=True)
 
     def _fetch(self, state: IntegrationState, work: _Fetch, api: HttpClient, *, force_full: bool, now: datetime) -> None:
         """Decrypt, prepare the credentials, learn the account (once; Meta: on every full-window sync), read the
@@ -582,7 +685,10 @@ class Syncer:
             )
 
     def _log_result(self, result: IntegrationResult, run_id: int) -> None:
-        if result.status == "skipped":
+        if result.status in ("skipped", "not_started"):
+            return
+        if result.status == "interrupted":
+            log.info("Stopped syncing %s for %s (%s): %s", result.platform, result.email, result.label, result.error)
             return
         fields = {
             "integration_result": True,

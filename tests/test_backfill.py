@@ -244,6 +244,8 @@ def test_ctrl_c_rolls_back_the_chunk_in_flight_and_keeps_finished_ones(cli, engi
     assert proc.returncode == code, err
     report = json.loads(out)
     assert report["interrupted"] and not report["complete"] and _items(report)[meta]["status"] == "interrupted"
+    # The fetch in flight was aborted by the client; the sandbox logs the request once its hold ends.
+    _wait_for(lambda: sb.held == 0 and any(_span(s)[0] < hold for s in sb.spans("meta.insights", "1")))
     held = [_span(s) for s in sb.spans("meta.insights", "1") if _span(s)[0] < hold]
     assert len(held) == 1, "nothing after the chunk in flight was started"
     lo, hi = held[0]

@@ -58,7 +58,7 @@ def test_sandbox_command_serves_and_prints_the_settings(tmp_path):
         first = proc.stdout.readline()
         assert first.startswith("emsync sandbox listening on http://127.0.0.1:")
         url = first.split(" on ")[1].split()[0]
-        exports = [proc.stdout.readline() for _ in range(10)]
+        exports = [proc.stdout.readline() for _ in range(11)]  # a blank line, then the exports
         assert f"export META_GRAPH_URL={url}\n" in exports and f"export GOOGLE_OAUTH_TOKEN_URL={url}/token\n" in exports
         assert "export OAUTHLIB_INSECURE_TRANSPORT=1\n" in exports, "connect google works over the sandbox's http"
         assert requests.get(f"{url}/__sandbox/requests", timeout=5).json() == {"requests": []}

@@ -672,3 +672,21 @@ def test_meta_account_status_and_legacy_throttle_header():
         assert account.json()["account_status"] == 101
         throttle = json.loads(_insights(sb, account="5").headers["x-fb-ads-insights-throttle"])
         assert throttle["app_id_util_pct"] == 97
+
+
+def test_the_listen_backlog_takes_a_burst_of_parallel_clients():
+    """request_queue_size reaches listen(): 64 clients connect before the server accepts any (socketserver's default
+    backlog of 5 refused the sixth, which parallel runs and benchmarks met as timeouts and resets)."""
+    import socket
+
+    sb = Sandbox()  # listening, not accepting yet
+    host, port = sb._server.server_address[:2]
+    clients = []
+    try:
+        for _ in range(64):
+            clients.append(socket.create_connection((host, port), timeout=30))
+        assert len(clients) == 64
+    finally:
+        for client in clients:
+            client.close()
+        sb._server.server_close()

@@ -12,14 +12,16 @@ For each selected integration, a worker thread (up to ``EMSYNC_CONCURRENCY``):
 
 Stopping for a quota, a rate limit or Meta usage above 75 % is not a failure:
 the integration is ``paused`` with the time it may resume (``--wait`` sleeps
-until then on the clock's sleeper). ``stop`` (set on Ctrl-C or SIGTERM) is
-checked between chunks and before a chunk is saved: the chunk in flight is
-rolled back, every finished chunk stays.
+until then on the clock's sleeper). ``stop`` (the cancel token set on Ctrl-C
+or SIGTERM, see ``interrupts``) is checked between chunks and before a chunk
+is saved, and aborts the chunk's fetch in flight: the chunk in flight is rolled
+back, every finished chunk stays.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +37,7 @@ from ..db import write_transaction
 from ..domain import Connector, Credentials, IntegrationState, SyncWindow
 from ..errors import RateLimited, UserError
 from ..http import HttpClient, new_session
+from ..interrupts import CancelToken, Interrupted
 from ..sync import describe_failure, window_for
 from . import chunks
 from .allowance import GoogleAllowance
@@ -58,17 +61,17 @@ class _Stop(Exception):
 
 
 class Backfiller:
-    """Runs one ``backfill`` invocation. ``stop``: set it to stop after the chunk in flight (which is rolled back).
+    """Runs one ``backfill`` invocation. ``stop``: set it to stop; the chunk in flight is aborted and rolled back.
 
     ``on_progress(item)`` is called whenever an integration's numbers change; ``clock`` supplies every
     timestamp and the sleeper ``--wait`` uses (tests pass a ``ManualClock``).
     """
 
-    def __init__(self, settings: Settings, engine, *, clock: Clock = SYSTEM_CLOCK, stop: threading.Event | None = None, on_progress=None):
+    def __init__(self, settings: Settings, engine, *, clock: Clock = SYSTEM_CLOCK, stop: CancelToken | None = None, on_progress=None):
         self.settings = settings
         self.db = engine
         self.clock = clock
-        self.stop = stop or threading.Event()
+        self.stop = stop or CancelToken()
         self.on_progress = on_progress or (lambda item: None)
         self.google = GoogleAllowance(engine, settings, clock)
         self._box: TokenBox | None = None
@@ -96,7 +99,7 @@ class Backfiller:
         with self.db.begin() as conn:
             keys.verify_box(conn, self._box)  # a key that decrypts no stored token: fail before writing anything
         self._access = access.CredentialAccess(self.db, self._box)
-        session = new_session(self.settings.concurrency)
+        session = new_session(self.settings.concurrency, cancel=self.stop)
         try:
             todo = targets
             while todo:
@@ -111,7 +114,7 @@ class Backfiller:
                     if item.status == "paused" and item.resume_after and item.resume_after <= self.clock.now()
                 ]
         except KeyboardInterrupt:  # no signal handler installed (a library caller): same rule as Ctrl-C in the CLI
-            self.stop.set()
+            self.stop.set(signal.SIGINT)
         finally:
             session.close()
         result.interrupted = self.stop.is_set()
@@ -170,7 +173,10 @@ class Backfiller:
             left = (moment - self.clock.now()).total_seconds()
             if left <= 0:
                 return
-            self.clock.sleep(min(left, 5.0))
+            if type(self.clock) is Clock:  # the system clock: wake as soon as Ctrl-C or SIGTERM sets ``stop``
+                self.stop.wait(left)
+            else:
+                self.clock.sleep(min(left, 5.0))
 
     # ---------------------------------------------------------------- one integration
 
@@ -234,6 +240,7 @@ class Backfiller:
             attempts=self.settings.retry_attempts,
             max_wait=self.settings.retry_max_wait,
             clock=self.clock,
+            cancel=self.stop,
         )
         try:
             with self.db.begin() as conn:  # fresh: a regular sync may have renewed a token or learnt the account meanwhile
@@ -346,11 +353,14 @@ class Backfiller:
             try:
                 return fetch()
             except Exception as exc:
-                self._abandon(lease, state, api, spent_from, describe_failure(exc))
+                interrupted = isinstance(exc, Interrupted) or self.stop.is_set()  # aborted: the chunk is simply given back
+                self._abandon(lease, state, api, spent_from, None if interrupted else describe_failure(exc))
                 raise self._stop_for(exc, state) from exc
 
     def _stop_for(self, exc: Exception, state: IntegrationState) -> _Stop:
-        """A rate limit or quota pauses; anything else fails."""
+        """A rate limit or quota pauses; an interrupt (the fetch aborted by ``stop``) interrupts; anything else fails."""
+        if isinstance(exc, Interrupted) or self.stop.is_set():
+            return _Stop("interrupted", "stopped on request; the chunk in flight was rolled back, finished chunks are kept")
         if not isinstance(exc, RateLimited):
             return _Stop("failed", describe_failure(exc))
         if state.platform == "google" and exc.scope in ledger.PROJECT_SCOPES:

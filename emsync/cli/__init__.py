@@ -21,9 +21,49 @@ __all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; every error becomes one line on stderr and an exit code."""
+    """Run the CLI; every error becomes one line on stderr and an exit code.
+
+    A reader that goes away (``emsync status | head``) ends the command quietly with exit 0, as other Unix tools
+    do: no traceback, no "Exception ignored" at exit.
+    """
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
+    except BrokenPipeError:
+        if _stdout_closed():
+            return _reader_gone()
+        raise
+    except SystemExit as exc:
+        if isinstance(exc.__context__, BrokenPipeError):  # rich's Console turns a closed pipe into SystemExit(1)
+            return _reader_gone()
+        raise
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe nobody reads any more (the poll reports an error on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no file descriptor (a captured stdout)
+        return False
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe: point stdout at /dev/null so nothing more (the exit's flush) writes to it."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
+
+
+def _main(args: list[str]) -> int:
     command = typer.main.get_command(app)
-    args = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in args or "-v" in args
     try:
         result = command.main(args=args, prog_name="emsync", standalone_mode=False)
@@ -49,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("emsync: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # main's: a reader that went away is not an error
     except Exception as exc:  # noqa: BLE001 - the one place that turns surprises into a line
         from sqlalchemy.exc import SQLAlchemyError
 
@@ -57,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         if isinstance(exc, SQLAlchemyError):
-            print(f"emsync: database error: {_redacted(exc)}", file=sys.stderr)
+            from ..db import describe_error
+            from ..redaction import redact
+
+            print(f"emsync: database error: {redact(describe_error(exc))}", file=sys.stderr)
             return 2
         print(f"emsync: internal error: {type(exc).__name__}: {_redacted(exc)} (run with --verbose for details)", file=sys.stderr)
         return 1

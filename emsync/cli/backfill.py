@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date
 from typing import Annotated
 
@@ -81,6 +76,7 @@ def backfill(
 def run_backfill(settings, engine, options, *, verbose: bool, json_out: bool) -> int:
     """Run (or plan) the backfill with the output the invocation asked for; returns the exit code."""
     from ..backfill.runner import Backfiller
+    from ..interrupts import CancelToken, stop_on_signals
 
     interactive = sys.stderr.isatty() and not json_out and not options.dry_run
     console: logging.Handler | None = None
@@ -95,7 +91,7 @@ def run_backfill(settings, engine, options, *, verbose: bool, json_out: bool) ->
         verbose=verbose,
     )
     progress = None
-    stop = threading.Event()
+    stop = CancelToken()
     try:
         if interactive:
             from .render import BackfillProgress
@@ -103,7 +99,7 @@ def run_backfill(settings, engine, options, *, verbose: bool, json_out: bool) ->
             progress = BackfillProgress()
             handlers += logs.configure(log_format="text", log_file=None, console=progress.log_handler(verbose=verbose), verbose=verbose)
         backfiller = Backfiller(settings, engine, stop=stop, on_progress=progress.update if progress else None)
-        with _stop_on_signals(stop) as signalled:
+        with stop_on_signals(stop, "the chunk in flight is rolled back, finished chunks are kept"):
             try:
                 result = backfiller.run(options)
             finally:
@@ -122,31 +118,5 @@ def run_backfill(settings, engine, options, *, verbose: bool, json_out: bool) ->
 
         print_backfill(result)
     if result.interrupted:
-        return signalled.get("code", 130)
+        return stop.exit_code
     return result.exit_code
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[dict]:
-    """The first Ctrl-C or SIGTERM sets ``stop`` (the chunk in flight is rolled back, finished chunks stay);
-    a second Ctrl-C quits at once. Yields ``{"code": 130 | 143}`` once a signal came."""
-    signalled: dict = {}
-    if threading.current_thread() is not threading.main_thread():
-        yield signalled
-        return
-
-    def handler(signum, _frame) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            os._exit(130)
-        signalled.setdefault("code", 130 if signum == signal.SIGINT else 143)
-        stop.set()
-        print(
-            "emsync: stopping: the chunk in flight is rolled back, finished chunks are kept (Ctrl-C again quits at once)", file=sys.stderr
-        )
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield signalled
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -74,7 +74,9 @@ def serve(
 ) -> None:
     """Serve the HTTP trigger: POST /api/cron/sync-all, POST /api/sync/user, GET /api/status, GET /api/runs/ID, GET /healthz.
 
-    Needs the server extra (pip install 'emsync[server]') and CRON_SECRET of at least 32 characters.
+    Needs the server extra (pip install 'emsync[server]') and CRON_SECRET of at least 32 characters. A busy or
+    unassignable address: exit 2. SIGTERM or Ctrl-C interrupts the runs it started (recorded as interrupted) and exits
+    143 or 130.
 
     Example: [bold]emsync serve --port 8787[/bold]
     """
@@ -87,7 +89,7 @@ def serve(
         raise UserError(f"--port must be between 1 and 65535, got {port}")
     ctx = state(typer_ctx)
     check_secret(ctx.settings)
-    run_server(ctx.settings, ctx.engine(), host=host, port=port)
+    raise typer.Exit(run_server(ctx.settings, ctx.engine(), host=host, port=port))
 
 
 @app.command()

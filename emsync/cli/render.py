@@ -247,6 +247,8 @@ class SyncProgress:
                 line += f" [yellow]warning: {_one_line('; '.join(result.warnings), 100)}[/]"
         elif result.status == "skipped":
             line = f"[dim]- {result.platform} {result.email} {label}: skipped ({result.error})[/]"
+        elif result.status == "interrupted":
+            line = f"[yellow]-[/] {result.platform} {result.email} {label}: {_one_line(result.error, 100)}"
         else:
             line = f"[red]✗[/] {result.platform} {result.email} {label}: {_status(result.status)} {_one_line(result.error, 100)}"
         self.progress.console.print(line, highlight=False)
@@ -268,7 +270,7 @@ class SyncProgress:
 
 def print_run(result) -> None:
     console = Console()
-    style = "green" if not result.failed else "red"
+    style = "yellow" if result.interrupted else "green" if not result.failed else "red"
     console.print(f"[{style}]{result.summary()}[/]")
 
 

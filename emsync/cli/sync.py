@@ -39,7 +39,8 @@ def sync_all(
     Skips integrations whose last successful sync started less than EMSYNC_MIN_INTERVAL_MINUTES ago
     (another host or cron line just did them); --full and --force do not.
 
-    Exit code 0: all synced (or nothing due); 1: some integration failed (the others were saved); 2: bad input or configuration.
+    Exit code 0: all synced (or nothing due); 1: some integration failed (the others were saved); 2: bad input or configuration;
+    130/143: stopped by Ctrl-C/SIGTERM (recorded as interrupted; finished integrations kept, the rest keep their previous rows).
 
     Example: [bold]emsync sync-all --quiet[/bold]
     """
@@ -100,7 +101,9 @@ class _Buffer(logging.Handler):
 def run_with_output(
     settings, engine, *, verbose: bool, email=None, platform=None, full=False, json_out=False, quiet=False, trigger=None, force=False
 ) -> int:
-    """Run the engine with the output mode the invocation asked for; returns the exit code."""
+    """Run the engine with the output mode the invocation asked for; returns the exit code (130/143 when a signal
+    stopped the run: see ``interrupts``)."""
+    from ..interrupts import CancelToken, stop_on_signals
     from ..sync import Syncer, SyncOptions
 
     interactive = sys.stderr.isatty() and not json_out and not quiet
@@ -126,24 +129,29 @@ def run_with_output(
     )
 
     progress = None
+    cancel = CancelToken()
     try:
         if interactive:
             from .render import SyncProgress
 
             progress = SyncProgress()
             handlers += logs.configure(log_format="text", log_file=None, console=progress.log_handler(verbose=verbose), verbose=verbose)
-            syncer = Syncer(settings, engine, on_start=progress.start, on_result=progress.advance)
+            syncer = Syncer(settings, engine, on_start=progress.start, on_result=progress.advance, cancel=cancel)
         else:
-            syncer = Syncer(settings, engine)
+            syncer = Syncer(settings, engine, cancel=cancel)
+        notice = "no new integration starts, fetches in flight are abandoned, writes already begun finish"
         try:
-            result = syncer.run(SyncOptions(email=email, platform=platform, full=full, trigger=trigger, force=force))
+            with stop_on_signals(cancel, notice):
+                result = syncer.run(SyncOptions(email=email, platform=platform, full=full, trigger=trigger, force=force))
         finally:
             if progress:
                 progress.stop()
     finally:
         logs.detach(handlers)
 
-    if buffer is not None and result.failed:
+    if buffer is not None and result.interrupted:
+        sys.stderr.write(result.summary() + "\n")  # --quiet: the one line, whatever else happened
+    elif buffer is not None and result.failed:
         sys.stderr.write("\n".join(buffer.lines) + "\n")
     if json_out:
         print_json(result.as_dict())
@@ -151,4 +159,4 @@ def run_with_output(
         from .render import print_run
 
         print_run(result)
-    return result.exit_code
+    return cancel.exit_code if result.interrupted else result.exit_code

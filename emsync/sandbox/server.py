@@ -185,9 +185,7 @@ class Sandbox:
         self.google_consented: set[tuple[str, str]] = set()  # (client id, email) that already consented once
         self.meta_token_parent: dict[str, str] = {}  # exchanged long-lived token -> the token it was exchanged from
         self.report_runs: dict[str, dict] = {}
-        self._server = ThreadingHTTPServer((host, port), _Handler)
-        self._server.daemon_threads = True
-        self._server.request_queue_size = 256
+        self._server = _Server((host, port), _Handler)
         self._server.sandbox = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
         self._gate = threading.Event()
@@ -197,6 +195,7 @@ class Sandbox:
         self._dates_gate = threading.Event()
         self._dates_gate.set()
         self.held = 0  # metric queries waiting in hold_dates right now
+        self.waiting = 0  # API requests waiting in hold right now
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -226,6 +225,18 @@ class Sandbox:
 
     def release(self) -> None:
         self._gate.set()
+
+    def wait_at_gate(self) -> None:
+        """Called for every API request: waits while ``hold`` is on (counted in ``waiting``)."""
+        if self._gate.is_set():
+            return
+        with self._lock:
+            self.waiting += 1
+        try:
+            self._gate.wait(60)
+        finally:
+            with self._lock:
+                self.waiting -= 1
 
     def hold_dates(self, before: date) -> None:
         """Make metric queries whose range starts before ``before`` wait (up to two minutes) until ``release_dates``."""
@@ -433,6 +444,13 @@ def raw_response(fault: dict) -> Response:
     return Response(int(fault.get("status", 502)), headers=headers, raw=str(fault.get("text", "<html><body>Bad Gateway</body></html>")))
 
 
+class _Server(ThreadingHTTPServer):
+    # Class attributes: the backlog is read by listen() inside the constructor (setting it afterwards did nothing:
+    # the socket kept socketserver's 5, and parallel clients met refused or reset connections).
+    request_queue_size = 256
+    daemon_threads = True
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "emsync-sandbox/1"
@@ -463,7 +481,7 @@ class _Handler(BaseHTTPRequestHandler):
             f"http://{host}",
         )
         if not request.path.startswith("/__sandbox/"):
-            sb._gate.wait(60)
+            sb.wait_at_gate()
         if sb.latency:
             time.sleep(sb.latency)
         try:
