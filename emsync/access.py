@@ -22,8 +22,9 @@ from .config import Settings
 from .crypto import TokenBox
 from .db import write_transaction
 from .domain import Connector, Credentials, IntegrationState
-from .errors import NeedsReauth
+from .errors import ConfigError, NeedsReauth
 from .http import HttpClient
+from .keys import unreadable_token
 from .redaction import register_secret
 
 
@@ -62,7 +63,7 @@ class CredentialAccess:
 
         Raises:
             NeedsReauth: the platform refused the credential (now, or earlier in this run), or it was removed.
-            ConfigError: the key cannot decrypt it.
+            ConfigError: no configured key decrypts its token (the message names the credential, and the fix).
         """
         credential_id = state.credential_id
         with self._lock_for(credential_id):
@@ -73,11 +74,14 @@ class CredentialAccess:
                 stored = store.credential_state(conn, credential_id)
             if stored is None:
                 raise NeedsReauth("the integration's credential was removed: connect the account again")
-            creds.access_token = self.box.decrypt(stored.access_token_enc)
-            creds.refresh_token = self.box.decrypt(stored.refresh_token_enc)
-            creds.cached_access_token = self.box.decrypt(stored.cached_access_token_enc)
+            creds.access_token = self._open(stored, "access_token_enc", state)
+            creds.refresh_token = self._open(stored, "refresh_token_enc", state)
             creds.token_expires_at = stored.token_expires_at
-            creds.cached_access_token_expires_at = stored.cached_access_token_expires_at
+            cached = stored.cached_access_token_enc
+            if cached is not None and self.box.readable(cached):
+                creds.cached_access_token = self.box.decrypt(cached)
+                creds.cached_access_token_expires_at = stored.cached_access_token_expires_at
+            # else: a cached access token no key decrypts (another host's newer key) is just refreshed again
             creds.data_access_expires_at = stored.data_access_expires_at
             creds.token_checked_at = stored.token_checked_at
             register_secret(*creds.secrets())
@@ -100,6 +104,14 @@ class CredentialAccess:
         """Persist, inside the caller's transaction, a token renewed during the fetch itself (a Google 401 refreshes once)."""
         if creds.changed:
             store.save_tokens(conn, self.box, state.credential_id, creds)
+
+    def _open(self, stored, column: str, state: IntegrationState) -> str | None:
+        blob = getattr(stored, column)
+        if blob is None:
+            return None
+        if not self.box.readable(blob):
+            raise ConfigError(unreadable_token(stored.platform, column, stored.id, state.id))
+        return self.box.decrypt(blob)
 
     def _lock_for(self, credential_id: int) -> threading.Lock:
         with self._guard:

@@ -64,9 +64,11 @@ def check_integrations(settings: Settings, engine, ids: list[int] | None, *, clo
     """Check the integrations ``ids`` (None: every active one), credential by credential, in id order.
 
     Raises:
-        UserError: an unknown integration id; ConfigError: no secret key.
+        UserError: an unknown integration id; ConfigError: no secret key (restore it, when tokens are stored).
     """
-    box = TokenBox(settings.require_secret_key())
+    from .keys import require_box
+
+    box = require_box(settings, engine)
     with engine.begin() as conn:
         rows = store.list_integrations(conn)
     if ids is not None:
@@ -110,13 +112,18 @@ class _Check:
             creds = Credentials(
                 access_token=self.box.decrypt(stored.access_token_enc),
                 refresh_token=self.box.decrypt(stored.refresh_token_enc),
-                cached_access_token=self.box.decrypt(stored.cached_access_token_enc),
+                # a cached access token no key decrypts (another host's newer key) is just refreshed again
+                cached_access_token=self.box.decrypt(cached)
+                if (cached := stored.cached_access_token_enc) and self.box.readable(cached)
+                else None,
                 token_expires_at=stored.token_expires_at,
                 cached_access_token_expires_at=stored.cached_access_token_expires_at,
             )
             summary = self.credential(credential_id, creds)
         except ConfigError as exc:
-            return [_result(r, "", str(exc), "restore the key the tokens were stored with") for r in rows]
+            option = "--access-token" if self.platform == "meta" else "--refresh-token"
+            fix = f"restore the key the tokens were stored with, or give the token again: emsync integrations update {rows[0]['id']} {option} -"
+            return [_result(r, "", str(exc), fix) for r in rows]
         except (ApiError, UserError) as exc:
             return [_result(r, "", f"credential {credential_id}: {exc}", reconnect) for r in rows]
         return [self.account(row, creds, summary, reconnect) for row in rows]

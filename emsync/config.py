@@ -111,16 +111,22 @@ def _database_url(name: str, raw: str) -> str:
 
 
 def _fernet_key(name: str, raw: str) -> str:
+    """One Fernet key, or several separated by commas during a rotation (``new,old``: the first encrypts)."""
     import base64
     import binascii
 
-    try:
-        decoded = base64.urlsafe_b64decode(raw.encode())
-    except (binascii.Error, ValueError):
-        decoded = b""
-    if len(decoded) != 32:
-        raise ConfigError(f"{name} is not a valid key (32 url-safe base64-encoded bytes); 'emsync init' makes one")
-    return raw
+    keys = [k.strip() for k in raw.split(",")]
+    for n, key in enumerate(keys, start=1):
+        try:
+            decoded = base64.urlsafe_b64decode(key.encode())
+        except (binascii.Error, ValueError):
+            decoded = b""
+        if len(decoded) != 32:
+            which = f"key {n} of {len(keys)} in {name}" if len(keys) > 1 else name
+            raise ConfigError(f"{which} is not a valid key (32 url-safe base64-encoded bytes); 'emsync init' makes one")
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{name} names the same key twice")
+    return ",".join(keys)
 
 
 def _version(prefix: str):
@@ -209,7 +215,11 @@ class Settings:
     # setting name -> "the environment" or "PATH line N", for messages about a value (not a setting either)
     origins: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     secret_key: str | None = _setting(
-        "EMSYNC_SECRET_KEY", None, _fernet_key, secret=True, help="Fernet key that encrypts tokens at rest; 'emsync init' makes one"
+        "EMSYNC_SECRET_KEY",
+        None,
+        _fernet_key,
+        secret=True,
+        help="Fernet key that encrypts tokens at rest ('new,old' during a rotation); 'emsync init' makes one",
     )
     # Meta refuses data older than 37 months, so a longer window could never succeed.
     lookback_days: int = _setting(
@@ -334,7 +344,10 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every configured secret value (each setting marked secret), for the redaction layer."""
-        return [value for s in SETTINGS if s.secret and (value := getattr(self, s.attr))]
+        found = [value for s in SETTINGS if s.secret and (value := getattr(self, s.attr))]
+        if self.secret_key and "," in self.secret_key:  # during a rotation each key is a secret on its own too
+            found += self.secret_key.split(",")
+        return found
 
     @property
     def meta_attribution_windows(self) -> tuple[str, ...]:

@@ -314,3 +314,72 @@ def _check_foreign_keys(conn) -> None:
     broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
     if broken is not None:
         raise DatabaseError(f"a migration left {broken[0]} rows pointing at missing {broken[2]} rows: nothing was changed")
+
+
+# ---------------------------------------------------------------- a copy before a migration
+
+
+def pending_upgrade(engine, url: str) -> str | None:
+    """The schema revision a database with data is at when migrations are pending; None when there is nothing
+    to protect (no schema yet, already at ``HEAD``, or only empty tables)."""
+    from sqlalchemy import inspect, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with engine.connect() as conn:
+            revision = current_revision(conn)
+            if revision is None or revision == HEAD:
+                return None
+            names = [n for n in inspect(conn).get_table_names() if n != "alembic_version"]
+            quote = conn.dialect.identifier_preparer.quote
+            if any(conn.execute(text(f"SELECT 1 FROM {quote(n)} LIMIT 1")).first() for n in names):
+                return revision
+    except SQLAlchemyError as exc:
+        raise explain(exc, url) from None
+    return None
+
+
+def backup_sqlite(url: str, revision: str) -> Path:
+    """Copy the SQLite database beside itself as ``<file>.bak-<revision>`` (``-2``, ``-3``… when taken), mode 0600,
+    with SQLite's online backup (consistent, whatever the WAL holds). Returns the copy's path.
+
+    Raises:
+        DatabaseError: the copy cannot be written (the database is left as it was).
+    """
+    import os
+    import sqlite3
+
+    path = sqlite_path(url)
+    assert path is not None
+    target = path.with_name(f"{path.name}.bak-{revision}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.bak-{revision}-{n}")
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        source, copy = sqlite3.connect(path), sqlite3.connect(target)
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+            source.close()
+    except (OSError, sqlite3.Error) as exc:
+        target.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise DatabaseError(f"cannot copy the database to {target} before upgrading it ({reason}): nothing was changed") from None
+    return target
+
+
+def pg_dump_command(url: str, revision: str) -> str:
+    """The ``pg_dump`` line that backs up this PostgreSQL database (no password: pg_dump reads PGPASSWORD or ~/.pgpass)."""
+    import shlex
+
+    from sqlalchemy.engine import URL, make_url
+
+    parsed = make_url(url)
+    plain = URL.create(
+        "postgresql", username=parsed.username, host=parsed.host, port=parsed.port, database=parsed.database, query=parsed.query
+    ).render_as_string(hide_password=False)
+    dump = f"{parsed.database or 'emsync'}.bak-{revision}.dump"
+    return f"pg_dump --format=custom --file={shlex.quote(dump)} {shlex.quote(plain)}"

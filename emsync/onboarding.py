@@ -220,6 +220,16 @@ def meta_login(settings: Settings, token: str, http: HttpClient | None = None, c
     )
 
 
+def meta_token_expiry(settings: Settings, token: str, http: HttpClient | None = None) -> datetime | None:
+    """When a Meta token expires, as Meta's ``debug_token`` says (None: it does not expire).
+
+    Raises:
+        UserError: Meta says the token is not valid.
+        ApiError: Meta could not be asked (network, server error).
+    """
+    return discovery.debug_token(http or http_client(settings), graph_api(settings, token)).expires_at
+
+
 def account_ids(platform: str, values: list[str]) -> list[str]:
     """``--account-id`` values normalised (act_ and dashes removed), checked before anyone signs in."""
     return [validate.account_id(platform, v) for v in values]

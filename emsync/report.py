@@ -165,22 +165,14 @@ def _backfill_json(row: dict, integration: dict, now: datetime) -> dict:
 
 def undecryptable_credentials(conn, settings: Settings, credential_ids: set[int]) -> list[int]:
     """The credentials among ``credential_ids`` holding a token the configured key cannot decrypt (all of them that
-    hold tokens when no key is set), in id order: each stored token is tried, not one sample."""
+    hold tokens when no key is set), in id order: each stored token is tried (``keys.key_report``), not one sample."""
     from .crypto import TokenBox
-    from .errors import ConfigError
+    from .keys import key_report
 
-    box = TokenBox(settings.secret_key) if settings.secret_key else None
-    failing: set[int] = set()
-    for table_name, _column, key, blob in store.encrypted_tokens(conn):
-        if table_name != "credentials" or key not in credential_ids or key in failing:
-            continue
-        try:
-            if box is None:
-                raise ConfigError("no key")
-            box.decrypt(blob)
-        except ConfigError:
-            failing.add(key)
-    return sorted(failing)
+    if not settings.secret_key:
+        return sorted({key for table, _c, key, _b in store.encrypted_tokens(conn) if table == "credentials" and key in credential_ids})
+    report = key_report(conn, TokenBox(settings.secret_key))
+    return sorted({u.credential_id for u in report.unreadable if u.credential_id in credential_ids})
 
 
 def check_problems(

@@ -103,7 +103,6 @@ def add_integration(
 
     Raises:
         UserError: unknown user, malformed id, missing or misplaced token, duplicate.
-        ConfigError: the configured key cannot decrypt the user's stored tokens to compare them.
     """
     platform = validate.platform(platform)
     account_id = validate.account_id(platform, account_id)
@@ -273,9 +272,13 @@ def update_credentials(
 ) -> list[dict]:
     """New tokens after a user reconnects, on the integration's credential: so for every integration using it.
 
-    ``login_customer_id`` changes this integration only. Each integration whose credential changed
-    leaves needs_reauth, error or rate_limited for never_synced. Returns the integrations changed,
-    in id order (this one and those sharing its credential).
+    ``login_customer_id`` changes this integration only (``""`` removes it). Each integration whose credential
+    changed leaves needs_reauth, error or rate_limited for never_synced. A Meta token given again as it is
+    keeps its known expiry; a new one without ``token_expires_at`` has an unknown expiry. Returns the
+    integrations changed, in id order (this one and those sharing its credential).
+
+    Raises:
+        UserError: unknown id, nothing to update, the other platform's options, a malformed value.
     """
     current = get_integration(conn, integration_id)
     given = dict(access_token=access_token, token_expires_at=token_expires_at, refresh_token=refresh_token)
@@ -284,7 +287,7 @@ def update_credentials(
         raise UserError("nothing to update: give --access-token, --token-expires-at, --refresh-token or --login-customer-id")
     changed = [integration_id]
     if login_customer_id is not None:
-        login = validate.google_customer_id(login_customer_id, "login customer id")
+        login = validate.google_customer_id(login_customer_id, "login customer id") if login_customer_id.strip() else None
         conn.execute(
             update(integrations_t).where(integrations_t.c.id == integration_id).values(login_customer_id=login, updated_at=utcnow())
         )
@@ -292,8 +295,11 @@ def update_credentials(
     credential_id = current["credential_id"]
     if access_token is not None:
         token = validate.token(access_token, "--access-token")
-        # A new token without a date has an unknown expiry.
-        _set_credential(conn, credential_id, access_token_enc=box.encrypt(token), token_expires_at=token_expires_at)
+        stored = conn.execute(select(credentials_t.c.access_token_enc).where(credentials_t.c.id == credential_id)).scalar()
+        if not _holds(box, stored, token):  # a new token without a date has an unknown expiry
+            _set_credential(conn, credential_id, access_token_enc=box.encrypt(token), token_expires_at=token_expires_at)
+        elif token_expires_at is not None:  # the same token: its known expiry stays unless a date is given
+            _set_credential(conn, credential_id, token_expires_at=token_expires_at)
     elif token_expires_at is not None:
         _set_credential(conn, credential_id, token_expires_at=token_expires_at)
     if refresh_token is not None:
@@ -380,11 +386,6 @@ def encrypted_tokens(conn) -> Iterator[tuple[str, str, int, str]]:
             yield table_name, column_name, row_key, blob
 
 
-def any_encrypted_token(conn) -> str | None:
-    """One stored ciphertext, to check the configured key before a run writes anything."""
-    return next((blob for *_, blob in encrypted_tokens(conn)), None)
-
-
 def _token_values(
     box: TokenBox,
     *,
@@ -455,7 +456,23 @@ def credential_for_token(conn, box: TokenBox, *, user_id: int, platform: str, to
         )
         .order_by(credentials_t.c.id)
     )
-    return next((credential_id for credential_id, blob in candidates if blob and box.decrypt(blob) == token), None)
+    return next((credential_id for credential_id, blob in candidates if _holds(box, blob, token)), None)
+
+
+def _holds(box: TokenBox, blob: str | None, token: str | None) -> bool:
+    """Whether the ciphertext ``blob`` is ``token`` (both None: yes; a ciphertext no key decrypts: no)."""
+    if blob is None or token is None:
+        return blob is None and token is None
+    return box.readable(blob) and box.decrypt(blob) == token
+
+
+def current_token(conn, box: TokenBox, integration_id: int) -> str | None:
+    """The token an integration's credential holds (Meta access token, Google refresh token); None when it holds
+    none or no configured key decrypts it."""
+    row = get_integration(conn, integration_id)
+    column = credentials_t.c.access_token_enc if row["platform"] == "meta" else credentials_t.c.refresh_token_enc
+    blob = conn.execute(select(column).where(credentials_t.c.id == row["credential_id"])).scalar()
+    return box.decrypt(blob) if blob is not None and box.readable(blob) else None
 
 
 def integrations_using(conn, credential_id: int) -> list[int]:
@@ -571,17 +588,24 @@ def credential_state(conn, credential_id: int) -> CredentialState | None:
 
 def save_tokens(conn, box: TokenBox, credential_id: int, creds: Credentials) -> None:
     """Persist what a connector renewed (a Meta token, a cached Google access token), encrypted, for every
-    integration using the credential, with what Meta's debug_token said and when; ``creds.changed`` is cleared."""
-    _set_credential(
-        conn,
-        credential_id,
-        access_token_enc=box.encrypt(creds.access_token),
+    integration using the credential, with what Meta's debug_token said and when; ``creds.changed`` is cleared.
+
+    Only a token that changed is encrypted again: during a key rotation a host with ``new,old`` then never
+    re-encrypts, with the new key, a token that a host still holding only ``old`` must read.
+    """
+    stored = conn.execute(
+        select(credentials_t.c.access_token_enc, credentials_t.c.cached_access_token_enc).where(credentials_t.c.id == credential_id)
+    ).first()
+    values: dict = dict(
         token_expires_at=creds.token_expires_at,
-        cached_access_token_enc=box.encrypt(creds.cached_access_token),
         cached_access_token_expires_at=creds.cached_access_token_expires_at,
         data_access_expires_at=creds.data_access_expires_at,
         token_checked_at=creds.token_checked_at,
     )
+    for column, token in (("access_token_enc", creds.access_token), ("cached_access_token_enc", creds.cached_access_token)):
+        if stored is None or not _holds(box, stored._mapping[column], token):
+            values[column] = box.encrypt(token)
+    _set_credential(conn, credential_id, **values)
     creds.changed = False
 
 

@@ -52,11 +52,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from . import access, budget, campaign_rows, ledger, runs, store
+from . import access, budget, campaign_rows, keys, ledger, runs, store
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings
 from .connectors.base import side_step_warning
-from .crypto import TokenBox
 from .db import describe_error, make_engine, write_transaction
 from .domain import AccountInfo, Credentials, Fetched, IntegrationState, SyncWindow, account_label
 from .errors import AccountClosed, ApiError, EmsyncError, NeedsReauth, RateLimited
@@ -323,7 +322,7 @@ class Syncer:
         self.cancel = cancel or CancelToken()
         self.db = db_engine
         self.clock = clock
-        self.box = TokenBox(settings.require_secret_key())
+        self.box = keys.require_box(settings, db_engine)
         self.on_result = on_result or (lambda result: None)
         self.on_start = on_start or (lambda due: None)
         self.host = socket.gethostname()
@@ -338,16 +337,15 @@ class Syncer:
         """Check the key and the user, bury dead runs, record the new run. Nothing is synced yet.
 
         Raises:
-            UserError: unknown email; ConfigError: a key that cannot decrypt the stored tokens.
+            UserError: unknown email; ConfigError: a key that decrypts none of the stored tokens (one that some
+            decrypt runs: a token no key decrypts fails only its integrations).
         """
         parts = (options.email and f"user {options.email}", options.platform and f"platform {options.platform}")
         scope = ", ".join(p for p in parts if p) or None
         with self.db.begin() as conn:
             if options.email is not None:
                 store.user_id_for(conn, options.email)
-            sample = store.any_encrypted_token(conn)
-        if sample is not None:
-            self.box.decrypt(sample)  # a wrong key is a configuration error: fail before writing anything
+            keys.verify_box(conn, self.box)  # a key that decrypts no stored token: fail before writing anything
         now = self.clock.now()
         with write_transaction(self.db) as conn:
             runs.bury_dead_runs(conn, self.host, now)

@@ -12,6 +12,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from emsync.redaction import redact, register_secret
 
@@ -63,7 +64,10 @@ def test_failed_token_renewal_while_the_token_works_is_a_warning_and_the_next_cl
 
 def test_failed_renewal_of_a_token_already_expired_stops_the_integration(cli, engine, make_sandbox):
     sb = make_sandbox({"endpoint_faults": {"meta.token_exchange": [{"kind": "server_error"}]}})
-    integration_id = add_meta(cli, "anna@example.com", "act_1", "EAABexpired-token", "--token-expires-at", _soon(-1))
+    integration_id = add_meta(cli, "anna@example.com", "act_1", "EAABexpired-token")
+    with engine.begin() as conn:  # `integrations add` refuses an expiry in the past: the token expired since
+        for table in ("credentials", "integrations"):
+            conn.execute(text(f"UPDATE {table} SET token_expires_at = :t"), {"t": datetime.now(UTC) - timedelta(days=1)})
     assert cli("sync-all").code == 1
     assert integration(cli, integration_id)["status"] == "error"
     assert sb.count("meta.insights") == 0 and stored(engine, integration_id) == {}

@@ -103,7 +103,7 @@ def old_database(empty_db_url, monkeypatch):
 def test_upgrade_moves_every_token_into_credentials_merges_identical_ones_and_syncs(cli, old_database, make_sandbox, backend):
     url, engine, other, lost_key_blob = old_database
     sb = make_sandbox()
-    upgraded = cli("init")
+    upgraded = cli("init", "--yes")
     assert upgraded.code == 0, upgraded.err
     assert f"from 0001 to {db.HEAD}" in upgraded.out and "2 duplicate credentials merged" in upgraded.out
 
@@ -125,13 +125,14 @@ def test_upgrade_moves_every_token_into_credentials_merges_identical_ones_and_sy
     synced = cli("sync-all")
     assert synced.code == 1, synced.err
     assert [integration(cli, i)["status"] for i in (1, 2, 3, 4)] == ["ok"] * 4
-    assert "EMSYNC_SECRET_KEY cannot decrypt" in integration(cli, 5)["last_error"]
+    assert "refresh token of credential" in integration(cli, 5)["last_error"]
+    assert "emsync integrations update 5 --refresh-token -" in integration(cli, 5)["last_error"]
     assert sb.count("google.token") == 1, "the merged credential is refreshed once for its three integrations"
     assert cli("init").out.startswith("Database") and "merged" not in cli("init").out
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # the refusal comes before any SQL that differs between the databases
-@pytest.mark.parametrize("key, message", [(None, "EMSYNC_SECRET_KEY is not set"), ("other", "cannot decrypt any of the 5 stored tokens")])
+@pytest.mark.parametrize("key, message", [(None, "EMSYNC_SECRET_KEY is not set"), ("other", "cannot decrypt any of the 6 stored tokens")])
 def test_init_refuses_to_migrate_tokens_it_could_not_read(cli, old_database, monkeypatch, backend, key, message):
     url, engine, *_ = old_database
     if key is None:

@@ -100,7 +100,7 @@ def test_upgrade_from_0001_keeps_every_row_and_gives_each_campaign_one_name(cli,
                     synced_at=now,
                 )
             )
-    result = cli("init")
+    result = cli("init", "--yes")
     assert result.code == 0 and f"from 0001 to {db.HEAD}" in result.out, result.out + result.err
     with engine.connect() as conn:
         rows = conn.execute(

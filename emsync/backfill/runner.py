@@ -29,7 +29,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .. import access, campaign_rows, ledger, store
+from .. import access, campaign_rows, keys, ledger, store
 from ..clock import SYSTEM_CLOCK, Clock
 from ..config import Settings
 from ..crypto import TokenBox
@@ -84,7 +84,7 @@ class Backfiller:
 
         Raises:
             UserError: unknown email or integration id, a disabled integration named by id, --since after --until.
-            ConfigError: no secret key, or one that cannot decrypt the stored tokens (checked before anything is written).
+            ConfigError: no secret key, or one that decrypts none of the stored tokens (checked before anything is written).
         """
         started = time.monotonic()
         result = BackfillResult(options)
@@ -95,11 +95,9 @@ class Backfiller:
                 self._preview(item, state, options)
             result.duration_s = time.monotonic() - started
             return result
-        self._box = TokenBox(self.settings.require_secret_key())
+        self._box = keys.require_box(self.settings, self.db)
         with self.db.begin() as conn:
-            sample = store.any_encrypted_token(conn)
-        if sample is not None:
-            self._box.decrypt(sample)  # a wrong key is a configuration error: fail before writing anything
+            keys.verify_box(conn, self._box)  # a key that decrypts no stored token: fail before writing anything
         self._access = access.CredentialAccess(self.db, self._box)
         session = new_session(self.settings.concurrency, cancel=self.stop)
         try:

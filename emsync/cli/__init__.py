@@ -2,7 +2,7 @@
 
 ``app`` (Typer) is assembled from ``admin`` (init, users, integrations),
 ``connect`` (connect google|meta, integrations import), ``credentials``
-(credentials list|remove, integrations check), ``sync`` (sync-all, sync-user
+(credentials list|remove, integrations check), ``keys`` (keys check|rotate), ``sync`` (sync-all, sync-user
 and their output), ``backfill`` (backfill and its output) and ``ops`` (status, sandbox, serve, secret, demo); ``main`` is the console script and the one place that
 turns errors into a line on stderr and an exit code.
 """
@@ -14,7 +14,7 @@ import sys
 import typer
 
 from ..errors import EmsyncError
-from . import admin, backfill, connect, credentials, ops, sync  # noqa: F401  (register the commands, in the order --help lists them)
+from . import admin, backfill, connect, credentials, keys, ops, sync  # noqa: F401  (register the commands, in the order --help lists them)
 from .app import app
 
 __all__ = ["app", "main"]

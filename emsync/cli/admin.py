@@ -19,14 +19,15 @@ def init(
     env_file: Annotated[
         str | None, typer.Option("--env-file", help="The env file to create or complete (same as the global --env-file).")
     ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Upgrade a PostgreSQL database holding data without asking.")] = False,
 ) -> None:
-    """Create or upgrade the database schema; generate a secret key when none is configured.
+    """Create or upgrade the database schema; generate a secret key when none is configured and no token is stored.
 
     With an env file (--env-file, EMSYNC_ENV_FILE, or one that exists), init creates it (mode 0600) when
     missing and writes EMSYNC_DATABASE_URL into it (an absolute path for SQLite), so cron, systemd and a
     shell in any directory use the same database.
 
-    Safe to run again: it only applies migrations that are missing and never deletes data.
+    Safe to run again: it only applies migrations that are missing and never deletes data. With tokens stored it checks the key first. Before upgrading a database that holds data it copies a SQLite file beside itself (emsync.db.bak-<schema>), or prints the pg_dump line to run and asks (--yes when there is no terminal).
 
     Example: [bold]emsync init --env-file /opt/emsync/.env[/bold]
     """
@@ -39,6 +40,7 @@ def init(
     settings = ctx.settings
     engine = ctx.engine(check=False, create=True)
     check_key_before_upgrade(engine, settings)
+    _back_up_before_upgrade(engine, settings.database_url, yes)
     before, after = db.upgrade(engine, settings.database_url)
     where = db.describe_url(settings.database_url)
     if before == after:
@@ -99,6 +101,26 @@ def _absolute_database_url(url: str) -> str:
     if path is None or path.is_absolute():
         return url
     return make_url(url).set(database=str(path.resolve())).render_as_string(hide_password=False)
+
+
+def _back_up_before_upgrade(engine, url: str, yes: bool) -> None:
+    """A migration is about to change a database that holds data: copy a SQLite file, or have a pg_dump taken first."""
+    from .. import db
+
+    revision = db.pending_upgrade(engine, url)
+    if revision is None:
+        return
+    if db.sqlite_path(url) is not None:
+        copy = db.backup_sqlite(url, revision)
+        print(f"Copied the database (schema {revision}) to {copy} before upgrading it; remove the copy once the upgrade is checked.")
+        return
+    print(f"The database holds data at schema {revision}. Back it up before upgrading it:\n\n  {db.pg_dump_command(url, revision)}\n")
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UserError("refusing to upgrade a PostgreSQL database holding data without confirmation: back it up, then pass --yes")
+    if not typer.confirm("Upgrade it now?", err=True):
+        raise UserError("not upgraded")
 
 
 # ---------------------------------------------------------------- users
@@ -176,9 +198,33 @@ def users_remove(
 
 
 def _expiry(value: str | None):
+    """``--token-expires-at``: None when omitted; a date already past is refused."""
     from .. import validate
+    from ..clock import utcnow
 
-    return None if value is None else validate.expiry(value)
+    if value is None:
+        return None
+    expires = validate.expiry(value)
+    if expires <= utcnow():
+        raise UserError(f"--token-expires-at {value.strip()[:40]} is in the past: give the token's real expiry, or leave it out")
+    return expires
+
+
+def _token(value: str | None, option: str, *, ask: str | None = None) -> str | None:
+    """A token option's value: ``-`` reads standard input (a hidden prompt on a terminal), so a token need not be on
+    the command line (shell history, ps); omitted, ``ask`` is the hidden prompt on a terminal, where a token is required."""
+    if value == "-":
+        if sys.stdin.isatty():
+            return typer.prompt(ask or option.removeprefix("--").replace("-", " ").capitalize(), hide_input=True, err=True)
+        return sys.stdin.read().strip()
+    if value is None and ask is not None and sys.stdin.isatty():
+        return typer.prompt(ask, hide_input=True, err=True)
+    return value
+
+
+def _one_stdin(*values: str | None) -> None:
+    if sum(v == "-" for v in values) > 1:
+        raise UserError("only one token can be read from standard input ('-')")
 
 
 @integrations_app.command("add")
@@ -187,23 +233,41 @@ def integrations_add(
     email: Annotated[str, typer.Option(help="Owner's email.")],
     platform: Annotated[str, typer.Option(help="meta or google.")],
     account_id: Annotated[str, typer.Option(help="Meta: act_<digits> or <digits>; Google: 123-456-7890.")],
-    access_token: Annotated[str | None, typer.Option(help="Meta long-lived or system-user token.")] = None,
-    token_expires_at: Annotated[str | None, typer.Option(help="Meta token expiry, ISO-8601.")] = None,
-    refresh_token: Annotated[str | None, typer.Option(help="Google OAuth refresh token.")] = None,
+    access_token: Annotated[
+        str | None,
+        typer.Option(help="Meta long-lived or system-user token; '-' reads it from standard input; omitted, asked for on a terminal."),
+    ] = None,
+    token_expires_at: Annotated[str | None, typer.Option(help="Meta token expiry, ISO-8601 (not in the past).")] = None,
+    refresh_token: Annotated[
+        str | None, typer.Option(help="Google OAuth refresh token; '-' reads it from standard input; omitted, asked for on a terminal.")
+    ] = None,
     login_customer_id: Annotated[str | None, typer.Option(help="Google manager (MCC) id, when reached through one.")] = None,
 ) -> None:
     """Add a Meta ad account or a Google Ads customer for a user.
 
+    The token is checked to be storable first: a key that decrypts none of the stored tokens is refused (exit 2, nothing written).
+
     Examples:
-      [bold]emsync integrations add --email anna@example.com --platform meta --account-id act_123456 --access-token EAAB...[/bold]
-      [bold]emsync integrations add --email anna@example.com --platform google --account-id 123-456-7890 --refresh-token 1//0g... --login-customer-id 111-222-3333[/bold]
+      [bold]emsync integrations add --email anna@example.com --platform meta --account-id act_123456[/bold]   (asks for the token)
+      [bold]emsync integrations add --email anna@example.com --platform google --account-id 123-456-7890 --refresh-token - --login-customer-id 111-222-3333 < token.txt[/bold]
     """
-    from .. import store
+    from .. import store, validate
+    from ..keys import verify_box
 
     ctx = state(typer_ctx)
     expires = _expiry(token_expires_at)
+    _one_stdin(access_token, refresh_token)
     box = ctx.box()
+    with ctx.transaction(write=False) as conn:
+        verify_box(conn, box)  # a wrong key is refused before anyone types a token
+    kind = validate.platform(platform)
+    validate.platform_options(
+        kind, access_token=access_token, token_expires_at=token_expires_at, refresh_token=refresh_token, login_customer_id=login_customer_id
+    )
+    access_token = _token(access_token, "--access-token", ask="Meta access token" if kind == "meta" else None)
+    refresh_token = _token(refresh_token, "--refresh-token", ask="Google refresh token" if kind == "google" else None)
     with ctx.transaction() as conn:
+        verify_box(conn, box)
         row = store.add_integration(
             conn,
             box,
@@ -222,7 +286,7 @@ def integrations_add(
 
 @integrations_app.command("list")
 def integrations_list(typer_ctx: typer.Context, json_out: JsonOpt = False) -> None:
-    """List integrations (never a token).
+    """List integrations (never a token); a Google account reached through a manager shows "via" its login-customer-id.
 
     Example: [bold]emsync integrations list[/bold]
     """
@@ -242,24 +306,43 @@ def integrations_list(typer_ctx: typer.Context, json_out: JsonOpt = False) -> No
 def integrations_update(
     typer_ctx: typer.Context,
     integration_id: Annotated[int, typer.Argument(metavar="ID", help="Integration id (see 'integrations list').")],
-    access_token: Annotated[str | None, typer.Option(help="New Meta token.")] = None,
-    token_expires_at: Annotated[str | None, typer.Option(help="Its expiry, ISO-8601.")] = None,
-    refresh_token: Annotated[str | None, typer.Option(help="New Google refresh token.")] = None,
-    login_customer_id: Annotated[str | None, typer.Option(help="Google manager (MCC) id.")] = None,
+    access_token: Annotated[str | None, typer.Option(help="New Meta token; '-' reads it from standard input.")] = None,
+    token_expires_at: Annotated[str | None, typer.Option(help="Its expiry, ISO-8601 (not in the past).")] = None,
+    refresh_token: Annotated[str | None, typer.Option(help="New Google refresh token; '-' reads it from standard input.")] = None,
+    login_customer_id: Annotated[str | None, typer.Option(help="Google manager (MCC) id; '' removes it.")] = None,
 ) -> None:
     """Replace credentials after a user reconnects; clears needs_reauth.
 
-    A new token replaces the integration's credential, so every integration sharing it gets it (each is listed).
+    A new token replaces the integration's credential, so every integration sharing it gets it (each is listed). A Meta token without --token-expires-at: the same token keeps its known expiry; a new one's expiry is asked of Meta (debug_token) when META_APP_ID/META_APP_SECRET are set, else unknown. A key that decrypts none of the stored tokens is refused (exit 2, nothing written).
 
-    Example: [bold]emsync integrations update 3 --access-token EAAB... --token-expires-at 2027-01-28[/bold]
+    Examples:
+      [bold]emsync integrations update 3 --access-token - --token-expires-at 2027-01-28 < token.txt[/bold]
+      [bold]emsync integrations update 4 --login-customer-id ''[/bold]
     """
     from .. import store, validate
+    from ..keys import verify_box
 
     ctx = state(typer_ctx)
     validate.integration_id(integration_id)
     expires = _expiry(token_expires_at)
+    _one_stdin(access_token, refresh_token)
     box = ctx.box()
+    with ctx.transaction(write=False) as conn:
+        verify_box(conn, box)
+        current = store.get_integration(conn, integration_id)
+        validate.platform_options(
+            current["platform"],
+            access_token=access_token,
+            token_expires_at=token_expires_at,
+            refresh_token=refresh_token,
+            login_customer_id=login_customer_id,
+        )
+    access_token = _token(access_token, "--access-token")
+    refresh_token = _token(refresh_token, "--refresh-token")
+    if access_token is not None and expires is None:
+        expires = _new_token_expiry(ctx, box, integration_id, access_token)
     with ctx.transaction() as conn:
+        verify_box(conn, box)
         rows = store.update_credentials(
             conn,
             box,
@@ -294,6 +377,30 @@ def integrations_reset(typer_ctx: typer.Context, integration_id: Annotated[int, 
         print(f"{who} is {after['status']}: nothing to reset")
     else:
         print(f"{who} was {before['status']}, now {after['status']}: the next run tries it")
+
+
+def _new_token_expiry(ctx, box, integration_id: int, token: str):
+    """A Meta token given without its expiry: None when it is the stored one (its expiry stays) or Meta cannot say;
+    else what Meta's debug_token says (needs META_APP_ID/META_APP_SECRET)."""
+    from .. import store, validate
+    from ..errors import ApiError
+    from ..onboarding import meta_token_expiry
+
+    token = validate.token(token, "--access-token")
+    with ctx.transaction(write=False) as conn:
+        if store.current_token(conn, box, integration_id) == token:
+            return None
+    settings = ctx.settings
+    if not (settings.meta_app_id and settings.meta_app_secret):
+        print("note: the new token's expiry is unknown: give --token-expires-at, or set META_APP_ID/META_APP_SECRET so emsync asks Meta")
+        return None
+    try:
+        expires = meta_token_expiry(settings, token)
+    except ApiError as exc:
+        print(f"note: could not ask Meta when the token expires ({exc}): stored with an unknown expiry")
+        return None
+    print(f"Meta says the token expires {expires:%Y-%m-%d %H:%M} UTC." if expires else "Meta says the token does not expire.")
+    return expires
 
 
 def _set_active(typer_ctx: typer.Context, integration_id: int, active: bool) -> None:

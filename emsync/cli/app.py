@@ -77,9 +77,10 @@ class AppContext:
         return self._engine
 
     def box(self):
-        from ..crypto import TokenBox
+        """The configured key (``keys.require_box``: a missing key with tokens stored says to restore it)."""
+        from ..keys import require_box
 
-        return TokenBox(self.settings.require_secret_key())
+        return require_box(self.settings, self.engine())
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator:

@@ -26,13 +26,16 @@ AllOpt = Annotated[bool, typer.Option("--all", help="Add every enabled account t
 def _prepare(typer_ctx: typer.Context, platform: str, email: str, ids: list[str] | None, every: bool):
     """Everything that can be refused before anyone signs in: the email, the ids, the key, the database, a way to choose."""
     from .. import validate
+    from ..keys import verify_box
     from ..onboarding import account_ids
 
     ctx = state(typer_ctx)
     validate.email(email)
     chosen = account_ids(platform, ids or [])
-    box = ctx.box()
     ctx.engine()  # an unreachable database or an old schema is said now, not after the sign-in
+    box = ctx.box()
+    with ctx.transaction(write=False) as conn:
+        verify_box(conn, box)  # a key that decrypts no stored token is refused before the sign-in, nothing written
     if not chosen and not every and not sys.stdin.isatty():
         raise UserError("choose the accounts with --account-id ID (repeatable) or --all: there is no terminal to ask on")
     return ctx, box, chosen

@@ -98,8 +98,12 @@ def credentials_remove(
         if not typer.confirm(f"Remove {what}?"):
             raise UserError("not removed")
     revoked = ""
-    if credential["platform"] == "google" and tokens is not None and tokens.refresh_token_enc:
-        refresh_token = ctx.box().decrypt(tokens.refresh_token_enc)
+    blob = tokens.refresh_token_enc if credential["platform"] == "google" and tokens is not None else None
+    box = ctx.box() if blob else None
+    if box is not None and blob and not box.readable(blob):  # a token under a lost key: nothing to revoke with
+        revoked = "; not revoked at Google: its token does not decrypt with EMSYNC_SECRET_KEY"
+    elif box is not None and blob:
+        refresh_token = box.decrypt(blob)
         assert refresh_token is not None
         try:
             live = revoke(refresh_token, ctx.settings.google_oauth_revoke_url, http=http_client(ctx.settings))

@@ -166,7 +166,8 @@ def print_integration_list(console: Console, rows: list[dict]) -> None:
             "id": str(r["id"]),
             "user": r["email"],
             "platform": r["platform"],
-            "account": account_label(r["platform"], r["account_id"]),
+            "account": account_label(r["platform"], r["account_id"])
+            + (f"\nvia {account_label('google', r['login_customer_id'])}" if r.get("login_customer_id") else ""),
             "cred": str(r["credential_id"]),
             "active": "yes" if r["is_active"] else "no",
             "active/folded": "" if r["is_active"] else "[dim]disabled[/]",
