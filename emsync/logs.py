@@ -50,6 +50,26 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
         return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors, opener=open_private)
 
 
+def stderr_handler(log_format: str) -> logging.Handler:
+    """A handler writing ``log_format`` lines to stderr (plain lines for cron, systemd and pipes)."""
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    return handler
+
+
+def configure_for(settings, *, console: logging.Handler | None, verbose: bool) -> list[logging.Handler]:
+    """``configure`` with the settings' format and EMSYNC_LOG_FILE (errors name where it was set)."""
+    return configure(
+        log_format=settings.log_format,
+        log_file=settings.log_file,
+        log_file_origin=settings.origin("EMSYNC_LOG_FILE"),
+        console=console,
+        verbose=verbose,
+    )
+
+
 def configure(
     *, log_format: str, log_file: str | None, console: logging.Handler | None, verbose: bool, log_file_origin: str | None = None
 ) -> list[logging.Handler]:

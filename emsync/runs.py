@@ -121,6 +121,21 @@ def heartbeat(conn, run_id: int, *, now: datetime) -> None:
     conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(heartbeat_at=now))
 
 
+def _active(email: str | None, platform: str | None, *columns):
+    """Active integrations (of one user, one platform when given), in id order: id, platform, account id, email, ``columns``."""
+    query = (
+        select(integrations_t.c.id, integrations_t.c.platform, integrations_t.c.account_id, users_t.c.email, *columns)
+        .join(users_t, users_t.c.id == integrations_t.c.user_id)
+        .where(integrations_t.c.is_active.is_(True))
+        .order_by(integrations_t.c.id)
+    )
+    if email is not None:
+        query = query.where(users_t.c.email == email)
+    if platform is not None:
+        query = query.where(integrations_t.c.platform == platform)
+    return query
+
+
 def due_integrations(conn, *, email: str | None, platform: str | None, include_reauth: bool, now: datetime) -> list[DueIntegration]:
     """Active integrations a run should take, in id order (see CONTRACT.md, "Which integrations a run takes").
 
@@ -128,33 +143,16 @@ def due_integrations(conn, *, email: str | None, platform: str | None, include_r
     so that it can report those it skips. ``include_reauth`` (a person asked: sync-user) also takes those that
     need re-authorisation and accounts closed upstream whose daily attempt has not come yet.
     """
-    query = (
-        select(
-            integrations_t.c.id,
-            integrations_t.c.platform,
-            integrations_t.c.account_id,
-            users_t.c.email,
-            integrations_t.c.last_sync_started_at,
-            integrations_t.c.last_attempt_at,
+    query = _active(email, platform, integrations_t.c.last_sync_started_at, integrations_t.c.last_attempt_at).where(
+        or_(
+            integrations_t.c.status != "rate_limited",
+            integrations_t.c.rate_limited_until.is_(None),
+            integrations_t.c.rate_limited_until <= now,
         )
-        .join(users_t, users_t.c.id == integrations_t.c.user_id)
-        .where(integrations_t.c.is_active.is_(True))
-        .where(
-            or_(
-                integrations_t.c.status != "rate_limited",
-                integrations_t.c.rate_limited_until.is_(None),
-                integrations_t.c.rate_limited_until <= now,
-            )
-        )
-        .order_by(integrations_t.c.id)
     )
     if not include_reauth:
         query = query.where(integrations_t.c.status != "needs_reauth")
         query = query.where(or_(integrations_t.c.next_attempt_at.is_(None), integrations_t.c.next_attempt_at <= now))
-    if email is not None:
-        query = query.where(users_t.c.email == email)
-    if platform is not None:
-        query = query.where(integrations_t.c.platform == platform)
     return [DueIntegration(r.id, r.platform, r.account_id, r.email, r.last_sync_started_at, r.last_attempt_at) for r in conn.execute(query)]
 
 
@@ -175,24 +173,8 @@ def held_back(
     conditions = [limited]
     if not include_reauth:
         conditions += [integrations_t.c.status == "needs_reauth", integrations_t.c.next_attempt_at > now]
-    query = (
-        select(
-            integrations_t.c.id,
-            integrations_t.c.platform,
-            integrations_t.c.account_id,
-            users_t.c.email,
-            integrations_t.c.status,
-            integrations_t.c.rate_limited_until,
-            integrations_t.c.next_attempt_at,
-        )
-        .join(users_t, users_t.c.id == integrations_t.c.user_id)
-        .where(integrations_t.c.is_active.is_(True), or_(*conditions))
-        .order_by(integrations_t.c.id)
-    )
-    if email is not None:
-        query = query.where(users_t.c.email == email)
-    if platform is not None:
-        query = query.where(integrations_t.c.platform == platform)
+    columns = (integrations_t.c.status, integrations_t.c.rate_limited_until, integrations_t.c.next_attempt_at)
+    query = _active(email, platform, *columns).where(or_(*conditions))
     held = []
     for r in conn.execute(query):
         item = DueIntegration(r.id, r.platform, r.account_id, r.email)

@@ -269,9 +269,7 @@ def serve(settings: Settings, engine, *, host: str, port: int) -> int:
     from . import logs
 
     sock = listen(host, port)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logs.formatter(settings.log_format))
-    handlers = logs.configure(log_format=settings.log_format, log_file=settings.log_file, console=handler, verbose=False)
+    handlers = logs.configure_for(settings, console=logs.stderr_handler(settings.log_format), verbose=False)
     logs.attach(handlers, "uvicorn")  # uvicorn's lines and its access log (paths only, never headers) in the same format
     tracker = RunTracker(settings, engine)
     app = create_app(settings, engine, tracker)

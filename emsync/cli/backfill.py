@@ -81,15 +81,8 @@ def run_backfill(settings, engine, options, *, verbose: bool, json_out: bool) ->
     interactive = sys.stderr.isatty() and not json_out and not options.dry_run
     console: logging.Handler | None = None
     if not interactive:
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logs.formatter(settings.log_format))
-    handlers = logs.configure(
-        log_format=settings.log_format,
-        log_file=settings.log_file,
-        log_file_origin=settings.origin("EMSYNC_LOG_FILE"),
-        console=console,
-        verbose=verbose,
-    )
+        console = logs.stderr_handler(settings.log_format)
+    handlers = logs.configure_for(settings, console=console, verbose=verbose)
     progress = None
     stop = CancelToken()
     try:

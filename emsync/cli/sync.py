@@ -118,15 +118,8 @@ def run_with_output(
     elif interactive:
         console = None  # the progress display shows results; warnings still reach stderr below
     else:
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logs.formatter(settings.log_format))
-    handlers = logs.configure(
-        log_format=settings.log_format,
-        log_file=settings.log_file,
-        log_file_origin=settings.origin("EMSYNC_LOG_FILE"),
-        console=console,
-        verbose=verbose,
-    )
+        console = logs.stderr_handler(settings.log_format)
+    handlers = logs.configure_for(settings, console=console, verbose=verbose)
 
     progress = None
     cancel = CancelToken()
