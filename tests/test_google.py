@@ -87,6 +87,7 @@ def test_invalid_grant_needs_reauth_and_mentions_testing_apps(cli, make_sandbox)
     item = integration(cli, integration_id)
     assert item["status"] == "needs_reauth"
     assert "invalid_grant" in item["last_error"] and "Testing" in item["last_error"] and "7 days" in item["last_error"]
+    assert "--refresh-token -' (read from standard input)" in item["last_error"] and "emsync connect google" in item["last_error"]
     assert sb.count("google.token") == 1 and sb.count("google.search_stream") == 0
 
 

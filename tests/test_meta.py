@@ -206,6 +206,7 @@ def test_permission_error_needs_reauth_at_once_and_is_not_retried_every_run(cli,
     assert item["status"] == "needs_reauth" and "(#200)" in item["last_error"]
     assert "ads_read" in item["last_error"] and f"emsync integrations update {integration_id} " in item["last_error"]
     assert "integrations update ID" not in item["last_error"]
+    assert f"integrations update {integration_id} --access-token -'" in item["last_error"], "the token goes on stdin, not argv"
     assert sb.count("meta.insights", "1") == 1
     sb.reset_log()
     assert cli("sync-all").code == 0 and sb.count(account="1") == 0, "a permission problem waits for the operator"

@@ -234,7 +234,7 @@ class GoogleConnector(HttpConnector):
             command = (account or Account("google", "?")).update_command
             raise NeedsReauth(
                 f"Google refused the refresh token (invalid_grant: {described or 'expired or revoked'}). "
-                f"Reconnect the account and run '{command} --refresh-token NEW_TOKEN'. "
+                f"Reconnect: 'emsync connect google --email EMAIL', or '{command} --refresh-token -' (read from standard input). "
                 "If the OAuth app is in 'Testing' status, its refresh tokens expire after 7 days: publish it to 'In production'."
             )
         if error is None or status == 429 or status >= 500:
@@ -315,8 +315,8 @@ class GoogleConnector(HttpConnector):
                 return send()
             except _Unauthenticated as exc:
                 raise NeedsReauth(
-                    f"{exc} (even after refreshing the access token): reconnect the account and run "
-                    f"'{account.update_command} --refresh-token NEW_TOKEN'",
+                    f"{exc} (even after refreshing the access token): reconnect with 'emsync connect google --email EMAIL', or "
+                    f"'{account.update_command} --refresh-token -' (read from standard input)",
                     request_id=exc.request_id,
                 ) from None
 

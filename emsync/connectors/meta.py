@@ -172,7 +172,8 @@ class MetaConnector(HttpConnector):
         if code == 10 or (isinstance(code, int) and 200 <= code <= 299) or (code, sub) == (100, 33):
             raise NeedsReauth(
                 f"{label}. The token's user has no access to {account.label} (or it does not exist): reconnect granting "
-                f"ads_read and run '{account.update_command} --access-token NEW_TOKEN', or get access to {account.label} in "
+                f"ads_read ('emsync connect meta --email EMAIL', or '{account.update_command} --access-token -' with the new token "
+                f"on standard input), or get access to {account.label} in "
                 "Business Manager (sync-user still tries it; a successful sync clears the status)",
                 request_id=trace,
             )
@@ -181,7 +182,10 @@ class MetaConnector(HttpConnector):
         raise failure.transient(response) or FatalApiError(label, request_id=trace)
 
     def _reconnect(self, account: Account) -> str:
-        return f"Reconnect the ad account and run '{account.update_command} --access-token NEW_TOKEN --token-expires-at DATE'"
+        return (
+            "Reconnect: 'emsync connect meta --email EMAIL', or give the new token with "
+            f"'{account.update_command} --access-token -' (read from standard input)"
+        )
 
     def _version_advice(self, label: str, message: str) -> str:
         current = self.settings.meta_api_version
