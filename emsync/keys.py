@@ -209,7 +209,7 @@ class KeyReport:
     @property
     def older_keys_removable(self) -> bool:
         """Several keys are configured and the first alone decrypts every readable token."""
-        return self.keys > 1 and self.under_older_key == 0
+        return self.keys > 1 and self.under_older_key == 0 and not self.unreadable
 
     def as_dict(self) -> dict:
         return {

@@ -35,16 +35,27 @@ def keys_check(typer_ctx: typer.Context, json_out: JsonOpt = False) -> None:
 def _print_report(report) -> None:
     keys = "one key" if report.keys == 1 else f"{report.keys} keys (the first encrypts)"
     readable = report.tokens - len(report.unreadable)
-    print(f"EMSYNC_SECRET_KEY holds {keys}; {readable} of {report.tokens} stored tokens ({report.credentials} credentials) decrypt.")
+    stored = f"{readable} of {_count(report.tokens, 'stored token')} ({_count(report.credentials, 'credential')})"
+    print(f"EMSYNC_SECRET_KEY holds {keys}; {stored} decrypt.")
     for problem in report.unreadable:
         print(f"problem: {problem.message}")
     if report.under_older_key:
-        print(f"{report.under_older_key} tokens are still encrypted with an older key: keep it, and run 'emsync keys rotate'.")
+        # Which key is the newer one cannot be told from the order here: another host may have rotated to this
+        # host's second key. Rotating from here would move the tokens back; say both cases.
+        print(
+            f"{_count(report.under_older_key, 'token')} encrypted with a key of EMSYNC_SECRET_KEY other than the first. "
+            "Keep every key. If that key is the new one (another host ran 'emsync keys rotate'), put it first here; "
+            "if it is the old one, run 'emsync keys rotate' (on one host)."
+        )
     elif report.older_keys_removable:
         print(
-            "Every token is encrypted with the first key: the older key can be removed from EMSYNC_SECRET_KEY "
+            "Every token is encrypted with the first key: the other keys can be removed from EMSYNC_SECRET_KEY "
             "(keep only the first key, on every host using this database)."
         )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 @keys_app.command("rotate")
