@@ -103,6 +103,8 @@ def _database_url(name: str, raw: str) -> str:
         url = make_url(raw)
     except ArgumentError:
         raise ConfigError(f"{name} is not a valid database URL") from None
+    except ValueError:  # SQLAlchemy parses the port as it reads the URL
+        raise ConfigError(f"{name} is not a valid database URL: the port must be a number") from None
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(f"{name} must be a sqlite:// or postgresql+psycopg:// URL")
     if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":

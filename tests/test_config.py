@@ -60,6 +60,7 @@ def test_missing_explicit_env_file_is_an_error(tmp_path):
         ("EMSYNC_LOG_FORMAT", "xml"),
         ("EMSYNC_DATABASE_URL", "mysql://x/y"),
         ("EMSYNC_DATABASE_URL", "not a url"),
+        ("EMSYNC_DATABASE_URL", "postgresql+psycopg://u:pw@127.0.0.1:notaport/db"),
         ("EMSYNC_SECRET_KEY", "short"),
         ("META_GRAPH_URL", "ftp://graph.facebook.com"),
         ("GOOGLE_ADS_API_VERSION", "26"),
