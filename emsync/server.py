@@ -98,6 +98,7 @@ class RunTracker:
         self._active: dict[str, int] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        self.interrupted = 0  # runs that ended interrupted (stop's count: they may end before stop looks)
 
     def start(self, key: str, options: SyncOptions) -> tuple[int | None, int | None]:
         """(new run id, None) or (None, id of the run still in progress).
@@ -120,22 +121,26 @@ class RunTracker:
 
     def stop(self, signum: int | None, timeout: float = 75.0) -> int:
         """Stop every run this server started (recorded as ``interrupted``, leases released) and wait for them,
-        at most ``timeout`` seconds in all (systemd's stop timeout is 90 s). Returns how many were running."""
+        at most ``timeout`` seconds in all (systemd's stop timeout is 90 s). Returns how many ended interrupted (or are
+        still running after the timeout)."""
         self.cancel.set(signum)
         with self._lock:
             threads = list(self._threads.values())
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(deadline - time.monotonic(), 0.1))
-        return len(threads)
+        with self._lock:
+            return self.interrupted + sum(t.is_alive() for t in threads)
 
     def _run(self, key: str, syncer: Syncer, options: SyncOptions, opened) -> None:
+        interrupted = False
         try:
-            syncer.run(options, opened)
+            interrupted = syncer.run(options, opened).interrupted
         except Exception:
             log.exception("server-triggered run %s failed", opened.run_id)
         finally:
             with self._lock:
+                self.interrupted += interrupted
                 self._active.pop(key, None)
                 self._threads.pop(key, None)
 
@@ -284,7 +289,8 @@ def serve(settings: Settings, engine, *, host: str, port: int) -> int:
         with stop_on_signals(tracker.cancel, "the runs this server started are being interrupted"):  # another: at once
             running = tracker.stop(server.signum)
         if server.signum is not None:
-            log.info("stopped by signal %d; %d runs started by this server were interrupted", server.signum, running)
+            runs = "1 run" if running == 1 else f"{running} runs"
+            log.info("stopped by signal %d; %s started by this server interrupted", server.signum, runs)
         logs.detach(handlers)
     return EXIT_CODES.get(server.signum, 128 + server.signum) if server.signum else 0
 

@@ -358,6 +358,7 @@ def test_serve_logs_json_and_on_sigterm_interrupts_the_runs_it_started(cli, engi
     assert any(m.startswith("Started server process") for m in messages), messages  # uvicorn's own lines
     assert any(m.startswith("emsync serve listening on http://127.0.0.1:") for m in messages)
     assert any(m.startswith("interrupted: 0 finished, 2 stopped mid-fetch, 0 not started") for m in messages), messages
+    assert any(m == "stopped by signal 15; 1 run started by this server interrupted" for m in messages), messages
     run = _one(engine, "SELECT status, integrations_total, succeeded FROM sync_runs WHERE id = :r", r=run_id)
     assert tuple(run) == ("interrupted", 2, 0)
     if engine.dialect.name == "postgresql":
