@@ -126,8 +126,9 @@ def _abort(conn) -> None:
 
 
 @contextmanager
-def stop_on_signals(token: CancelToken, notice: str) -> Iterator[CancelToken]:
-    """While the block runs, the first SIGINT or SIGTERM sets ``token`` and prints ``emsync: stopping: NOTICE``;
+def stop_on_signals(token: CancelToken, notice: str, *, log_format: str = "text") -> Iterator[CancelToken]:
+    """While the block runs, the first SIGINT or SIGTERM sets ``token`` and prints ``emsync: stopping: NOTICE`` (a JSON
+    object with ``log_format="json"``);
     a second one (or any, once the token is already set) exits at once (``os._exit``: 130 or 143). Outside the main
     thread (no signals there) it does nothing. The previous handlers come back when the block ends.
 
@@ -143,7 +144,7 @@ def stop_on_signals(token: CancelToken, notice: str) -> Iterator[CancelToken]:
     os.set_blocking(wake_w, False)
     previous = {sig: signal.signal(sig, _noted) for sig in EXIT_CODES}
     previous_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    watcher = threading.Thread(target=_watch, args=(wake_r, token, notice), name="emsync-signals", daemon=True)
+    watcher = threading.Thread(target=_watch, args=(wake_r, token, notice, log_format), name="emsync-signals", daemon=True)
     watcher.start()
     try:
         yield token
@@ -160,7 +161,7 @@ def _noted(signum, frame) -> None:
     """The Python-level handler: nothing to do (the watcher thread acts), but no ``KeyboardInterrupt`` either."""
 
 
-def _watch(wake_r: int, token: CancelToken, notice: str) -> None:
+def _watch(wake_r: int, token: CancelToken, notice: str, log_format: str) -> None:
     while True:
         try:
             data = os.read(wake_r, 64)
@@ -172,7 +173,17 @@ def _watch(wake_r: int, token: CancelToken, notice: str) -> None:
             if signum not in EXIT_CODES:
                 continue
             if token.is_set():
-                _say("emsync: stopped at once")
+                _say(_line("emsync: stopped at once", log_format))
                 os._exit(EXIT_CODES[signum])
             token.set(signum)
-            _say(f"emsync: stopping: {notice} (Ctrl-C again quits at once)")
+            _say(_line(f"emsync: stopping: {notice} (Ctrl-C again quits at once)", log_format))
+
+
+def _line(text: str, log_format: str) -> str:
+    """``text`` as a line of the log format: as is, or one JSON object (EMSYNC_LOG_FORMAT=json: every line is JSON)."""
+    if log_format != "json":
+        return text
+    import json
+    from datetime import UTC, datetime
+
+    return json.dumps({"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": "warning", "message": text})

@@ -286,7 +286,9 @@ def serve(settings: Settings, engine, *, host: str, port: int) -> int:
         server.run(sockets=[sock])
     finally:
         sock.close()
-        with stop_on_signals(tracker.cancel, "the runs this server started are being interrupted"):  # another: at once
+        with stop_on_signals(
+            tracker.cancel, "the runs this server started are being interrupted", log_format=settings.log_format
+        ):  # another: at once
             running = tracker.stop(server.signum)
         if server.signum is not None:
             runs = "1 run" if running == 1 else f"{running} runs"

@@ -92,7 +92,7 @@ def run_backfill(settings, engine, options, *, verbose: bool, json_out: bool) ->
             progress = BackfillProgress()
             handlers += logs.configure(log_format="text", log_file=None, console=progress.log_handler(verbose=verbose), verbose=verbose)
         backfiller = Backfiller(settings, engine, stop=stop, on_progress=progress.update if progress else None)
-        with stop_on_signals(stop, "the chunk in flight is rolled back, finished chunks are kept"):
+        with stop_on_signals(stop, "the chunk in flight is rolled back, finished chunks are kept", log_format=settings.log_format):
             try:
                 result = backfiller.run(options)
             finally:

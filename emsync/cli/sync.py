@@ -134,7 +134,7 @@ def run_with_output(
             syncer = Syncer(settings, engine, cancel=cancel)
         notice = "no new integration starts, fetches in flight are abandoned, writes already begun finish"
         try:
-            with stop_on_signals(cancel, notice):
+            with stop_on_signals(cancel, notice, log_format=settings.log_format):
                 result = syncer.run(SyncOptions(email=email, platform=platform, full=full, trigger=trigger, force=force))
         finally:
             if progress:
