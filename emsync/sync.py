@@ -366,15 +366,15 @@ class Syncer:
             ping.finish(False, f"emsync run crashed: {describe_failure(exc) if isinstance(exc, Exception) else type(exc).__name__}")
             raise
         ping.finish(result.status == "ok", result.summary())
-        if not result.interrupted:
-            self._housekeeping(options)
+        self._housekeeping(options, prune=not result.interrupted)  # an interrupted run ends quickly: no pruning
         return result
 
-    def _housekeeping(self, options: SyncOptions) -> None:
-        """After a run: prune old history (sync-all only) and write EMSYNC_METRICS_FILE. Never fails the run."""
+    def _housekeeping(self, options: SyncOptions, *, prune: bool = True) -> None:
+        """After a run, interrupted ones included: write EMSYNC_METRICS_FILE; prune old history (``prune``, sync-all
+        only). Never fails the run."""
         from . import history, metrics
 
-        if options.email is None:
+        if prune and options.email is None:
             history.prune(self.db, self.settings, now=self.clock.now())
         metrics.write_after_run(self.db, self.settings, now=self.clock.now())
 

@@ -323,12 +323,15 @@ def test_serve_on_an_address_of_no_interface_says_so_and_exits_2(cli, sqlite_url
     assert "listening" not in proc.stdout
 
 
-def test_with_json_logs_every_line_of_an_interrupted_run_is_json(cli, engine, make_sandbox, spawn):
+def test_with_json_logs_every_line_of_an_interrupted_run_is_json_and_the_metrics_file_says_interrupted(
+    cli, engine, make_sandbox, spawn, tmp_path
+):
     sb = make_sandbox()
     add_meta(cli, "anna@example.com", "act_1", "EAABtoken-json-1")
+    metrics_file = tmp_path / "emsync.prom"
     sb.hold_dates(_days_ago(10))
     try:
-        proc = spawn("sync-all", env={"EMSYNC_LOG_FORMAT": "json"})
+        proc = spawn("sync-all", env={"EMSYNC_LOG_FORMAT": "json", "EMSYNC_METRICS_FILE": str(metrics_file)})
         _wait_for(lambda: sb.held == 1, why="the fetch in flight")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -337,6 +340,7 @@ def test_with_json_logs_every_line_of_an_interrupted_run_is_json(cli, engine, ma
     assert proc.returncode == 143, err
     messages = [json.loads(line)["message"] for line in err.splitlines()]  # a plain line would not parse
     assert any(m.startswith("emsync: stopping:") for m in messages), messages
+    assert 'emsync_last_run_status{status="interrupted"} 1.0' in metrics_file.read_text(), "monitoring sees the stop"
 
 
 def test_serve_logs_json_and_on_sigterm_interrupts_the_runs_it_started(cli, engine, make_sandbox, spawn, monkeypatch):
