@@ -102,3 +102,20 @@ def test_failure_text_keeps_the_end_where_emsync_says_what_to_do():
     )
     short = render.failure_text(message, limit=120)
     assert len(short) <= 125 and short.startswith("Meta error 190/463:") and short.endswith("Run 'emsync integrations update 3'")
+
+
+def test_a_very_long_email_at_80_columns_still_shows_the_id_and_the_status(cli, make_sandbox):
+    very_long = "averyveryverylongname.person@subdomain.example-company.com"  # 58 characters
+    make_sandbox()
+    integration_id = add_meta(cli, very_long, "act_123456789012345", "EAABtoken-very-long")
+    settings, engine = _engine()
+    with engine.begin() as conn:
+        rows = store.list_integrations(conn)
+        report = build_status(conn, settings)
+    engine.dispose()
+    for show in (lambda c: render.print_integration_list(c, rows), lambda c: render.print_status(c, report)):
+        console, out = _console(80)
+        show(console)
+        text = out.getvalue()
+        _whole_on_a_line(text, (very_long, "act_123456789012345", "never_synced"))
+        assert any(re.match(rf"^\W*{integration_id}\W", line) for line in text.splitlines()), f"the id is shown:\n{text}"

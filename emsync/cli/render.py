@@ -95,8 +95,8 @@ def fit_table(console: Console, title: str, cols: list[Col], rows: list[dict[str
             return table, dropped
         victim = max(candidates, key=lambda c: c.give_up)
         shown.remove(victim)
-        if victim.into:
-            folded.setdefault(victim.into, []).append(victim.header)
+        if victim.into:  # its value, and whatever had been folded into it, go under the other column's
+            folded.setdefault(victim.into, []).extend([victim.header, *folded.pop(victim.header, [])])
         else:
             dropped.add(victim.header)
 
@@ -122,7 +122,7 @@ def print_failures(console: Console, items: list[dict]) -> None:
 
 
 USER_COLS = [
-    Col("id", justify="right"),
+    Col("id", no_wrap=True, justify="right"),
     Col("email", no_wrap=True),
     Col("name"),
     Col("integrations", 2, justify="right"),
@@ -146,13 +146,13 @@ def print_users(console: Console, users: list[dict]) -> None:
 
 
 INTEGRATION_COLS = [
-    Col("id", justify="right"),
+    Col("id", no_wrap=True, justify="right"),
     Col("user", no_wrap=True),
     Col("account", 2, no_wrap=True, into="user"),
     Col("platform", 5),
     Col("cred", 8),
     Col("active", 7, into="status"),
-    Col("status", no_wrap=True),
+    Col("status", 1, no_wrap=True, into="user"),  # the last resort: under the email
     Col("last sync", 3, into="status"),
     Col("token expires", 6),
     Col("last error", 9),
@@ -229,12 +229,12 @@ def _print_summary(console: Console, report: dict) -> None:
 
 
 STATUS_COLS = [
-    Col("id", justify="right"),
+    Col("id", no_wrap=True, justify="right"),
     Col("user", no_wrap=True),
     Col("account", 2, no_wrap=True, into="user"),
     Col("platform", 6),
     Col("cred", 8),
-    Col("status", no_wrap=True),
+    Col("status", 1, no_wrap=True, into="user"),  # the last resort: under the email
     Col("last success", 3, into="status"),
     Col("rows in window", 7, justify="right"),
     Col("token expires", 4),
@@ -309,12 +309,12 @@ def _print_runs_and_warnings(console: Console, report: dict) -> None:
 
 
 BACKFILL_COLS = [
-    Col("id", justify="right"),
+    Col("id", no_wrap=True, justify="right"),
     Col("user", no_wrap=True),
     Col("account", 2, no_wrap=True, into="user"),
     Col("platform", 6),
     Col("range", 3, into="status"),
-    Col("status", no_wrap=True),
+    Col("status", 1, no_wrap=True, into="user"),  # the last resort: under the email
     Col("chunks", 4, justify="right"),
     Col("rows", 7, justify="right"),
     Col("next chunk", 8),
