@@ -158,6 +158,9 @@ def _refusal_tolerant_pool():
                     time.sleep(delay + random.uniform(0, delay / 2))
                     delay = min(delay * 2, 8.0)
 
+    # SQLAlchemy logs a pool's life under the class's module: here, under "emsync". Its INFO lines ("Pool
+    # disposed", "Pool recreating") are internals; the user's log keeps what emsync itself says.
+    logging.getLogger(f"{Pool.__module__}.{Pool.__name__}").setLevel(logging.WARNING)
     return Pool
 
 

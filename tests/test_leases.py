@@ -367,3 +367,14 @@ def test_run_and_attempt_ids_are_64_bit(engine):
             )
         )
         assert conn.execute(text("SELECT max(id) FROM sync_runs")).scalar() > 2**31
+
+
+def test_the_pools_own_info_lines_stay_out_of_emsyncs_log(pg_server, caplog):
+    """SQLAlchemy logs a pool's life under its class's module, emsync.db: "Pool disposed" is not the user's business."""
+    _admin, url, _template = pg_server
+    engine = db.make_engine(url)
+    with caplog.at_level("INFO", logger="emsync"):
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("emsync.db")] == []
