@@ -287,7 +287,7 @@ def check_line(report: dict, problems: list[Problem], settings: Settings, *, now
         more = len(problems) - 1
         text = first + (f" (+{more} more: {len(critical)} critical, {len(problems) - len(critical)} warning)" if more else "")
     else:
-        text = f"{len(active)} active integrations healthy"
+        text = f"{len(active)} active integration{'' if len(active) == 1 else 's'} healthy"
     return code, f"EMSYNC {CHECK_STATES[code]} - {_one_line(text)} | {perfdata(report, problems, settings, now)}"
 
 

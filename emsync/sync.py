@@ -394,7 +394,8 @@ class Syncer:
                     conn, email=options.email, platform=options.platform, include_reauth=options.email is not None, now=result.started_at
                 )
             result.due, result.held_back = len(due), len(held)
-            log.info("Found %d active integrations%s", len(due), f" for {options.email}" if options.email else "")
+            found = len(due) + len(held)  # the held-back ones are reported below, each with its reason
+            log.info("Found %d active integration%s%s", found, "" if found == 1 else "s", f" for {options.email}" if options.email else "")
             self.on_start(len(due) + len(held))
             self._report_held_back(held, result)
             waiting: list[tuple[DueIntegration, datetime]] = []

@@ -104,4 +104,4 @@ def test_check_is_ok_without_problems(cli, make_sandbox):
     add_google(cli, account="1111111111")
     assert cli("sync-all").code == 0
     check = cli("status", "--check")
-    assert check.code == 0 and check.out.startswith("EMSYNC OK - 1 active integrations healthy | integrations=1 failing=0 ")
+    assert check.code == 0 and check.out.startswith("EMSYNC OK - 1 active integration healthy | integrations=1 failing=0 ")

@@ -67,6 +67,7 @@ def test_sync_user_with_only_a_skipped_integration_says_so(cli, engine, make_san
     assert result.code == 0
     assert f"Skipping google for anna@example.com (111-111-1111): rate_limited until {until:%Y-%m-%d %H:%M} UTC" in result.err
     assert "0 success, 0 failed, 1 skipped (1 rate_limited)" in result.err
+    assert "Found 1 active integration for anna@example.com" in result.err, "the held-back one is counted, not 'Found 0'"
     report = json.loads(cli("sync-user", "anna@example.com", "--platform", "google", "--json").out)
     assert [(i["id"], i["status"], i["skip_reason"]) for i in report["integrations"]] == [(google, "skipped", "rate_limited")]
     assert sb.count() == 0

@@ -97,7 +97,7 @@ def test_google_quota_warning(cli, monkeypatch):
 @pytest.mark.parametrize(
     "change, code, words",
     [
-        ({}, 0, "EMSYNC OK - 1 active integrations healthy"),
+        ({}, 0, "EMSYNC OK - 1 active integration healthy"),
         ({"status": "error", "last_error": "Meta error 2: boom\nsecond line"}, 2, "is error: Meta error 2: boom"),
         ({"status": "needs_reauth", "last_error": "Meta error 190"}, 2, "is needs_reauth"),
         ({"status": "rate_limited", "last_error": "quota"}, 1, "is rate_limited; the next run retries it"),
@@ -216,7 +216,7 @@ def test_plain_timestamped_lines_without_a_terminal(cli, make_sandbox):
     result = cli("sync-all")
     lines = result.err.strip().splitlines()
     assert all(re.match(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{4} (INFO|WARNING|ERROR)", line) for line in lines), lines
-    assert "Found 1 active integrations" in lines[0]
+    assert "Found 1 active integration" in lines[0]
     assert any("Syncing meta for anna@example.com (act_1)..." in line for line in lines)
     assert re.search(r"Sync completed: 1 success, 0 failed, \d+ rows in", lines[-1])
     assert result.out == ""
@@ -261,7 +261,7 @@ def test_quiet_prints_nothing_on_success_and_the_log_on_failure(cli, make_sandbo
     sb.set_account("meta", "1", faults=[{"kind": "permission"}])
     failed = cli("sync-all", "--quiet")
     assert failed.code == 1
-    assert "Failed to sync meta for anna@example.com (act_1)" in failed.err and "Found 1 active integrations" in failed.err
+    assert "Failed to sync meta for anna@example.com (act_1)" in failed.err and "Found 1 active integration" in failed.err
 
 
 class _Pings:
