@@ -100,3 +100,17 @@ class AccountClosed(ApiError):
 
 class NeedsAsyncReport(ApiError):
     """Meta asked for less data per synchronous request: use an async report run."""
+
+
+def short_message(text: str | None, limit: int = 300) -> str:
+    """An error's first line, shortened in the middle (at spaces) when longer than ``limit`` characters: emsync's
+    messages end with what to do (``run 'emsync integrations update 3 ...'``, ``reconnect ...``), so the end is kept."""
+    if not text:
+        return ""
+    line = text.splitlines()[0]
+    if len(line) <= limit:
+        return line
+    head, tail = line[: limit // 3], line[-(limit - limit // 3) :]
+    head = head.rsplit(" ", 1)[0] if " " in head else head
+    tail = tail.split(" ", 1)[1] if " " in tail else tail
+    return f"{head} … {tail}"

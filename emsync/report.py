@@ -11,6 +11,7 @@ from .backfill import chunks
 from .config import Settings
 from .db import describe_url
 from .domain import account_label
+from .errors import short_message
 
 TOKEN_WARNING = timedelta(days=7)
 
@@ -219,7 +220,7 @@ def stale_threshold(item: dict, report: dict, settings: Settings) -> timedelta:
 
 def _integration_problems(item: dict, who: str, report: dict, settings: Settings, now: datetime) -> list[Problem]:
     problems = []
-    reason = (item["last_error"] or "").splitlines()[0][:200] if item["last_error"] else ""
+    reason = short_message(item["last_error"], 200)
     because = f": {reason}" if reason else ""
     status = item["status"]
     if status == "error" and item.get("next_attempt_at"):
@@ -243,7 +244,7 @@ def _integration_problems(item: dict, who: str, report: dict, settings: Settings
             limit = int(bound.total_seconds() // 60)
             problems.append(Problem(level, f"{who} {what} for {minutes} minutes (stale after {limit} minutes)"))
         if item.get("last_warning"):
-            problems.append(Problem("warning", f"{who} synced with a warning: {item['last_warning'].splitlines()[0][:200]}"))
+            problems.append(Problem("warning", f"{who} synced with a warning: {short_message(item['last_warning'], 200)}"))
     expires = item.get("token_expires_at")
     if expires is not None and expires <= now and status != "needs_reauth":
         problems.append(Problem("critical", f"{who}: its token expired {expires:%Y-%m-%d %H:%M} UTC; reconnect the login"))

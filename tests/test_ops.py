@@ -137,6 +137,15 @@ def test_status_check(cli, engine, change, code, words):
     )
 
 
+def test_status_check_keeps_the_end_of_a_long_error_where_the_fix_is(cli, engine):
+    integration_id = add_meta(cli, account="act_1")
+    fix = f"run 'emsync integrations update {integration_id} --access-token -'"
+    _set(engine, integration_id, status="needs_reauth", last_error="Meta error 190: " + "the session has expired; " * 20 + fix)
+    check = cli("status", "--check")
+    assert check.code == 2 and check.out.count("\n") == 1
+    assert f"{fix} |" in check.out, check.out
+
+
 def test_status_check_staleness_follows_the_google_budget(cli, engine, monkeypatch):
     """A Google integration taking turns is stale only past its own effective interval (plus the threshold)."""
     monkeypatch.setenv("GOOGLE_ADS_DAILY_OPERATIONS", "3")  # 3 integrations, once a day each: every 1440 minutes

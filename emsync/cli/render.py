@@ -51,17 +51,10 @@ def _one_line(text: str | None, width: int = 70) -> str:
 
 
 def failure_text(text: str | None, limit: int = 300) -> str:
-    """An error's first line, shortened in the middle (at spaces) when longer than ``limit``: emsync's messages end
-    with what to do (``run 'emsync integrations update 3 ...'``, ``reconnect ...``), so the end is kept."""
-    if not text:
-        return ""
-    line = text.splitlines()[0]
-    if len(line) <= limit:
-        return line
-    head, tail = line[: limit // 3], line[-(limit - limit // 3) :]
-    head = head.rsplit(" ", 1)[0] if " " in head else head
-    tail = tail.split(" ", 1)[1] if " " in tail else tail
-    return f"{head} … {tail}"
+    """An error's first line, the end (what to do) kept: ``errors.short_message``."""
+    from ..errors import short_message
+
+    return short_message(text, limit)
 
 
 # ---------------------------------------------------------------- tables that fit the terminal
