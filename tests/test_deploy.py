@@ -305,6 +305,14 @@ def test_init_with_settings_from_the_environment_alone_writes_no_file(cli, tmp_p
     assert not (tmp_path / "home" / ".config").exists() and not (tmp_path / "work" / ".env").exists()
 
 
+def test_init_refuses_an_env_file_it_cannot_write_before_creating_anything(cli, tmp_path):
+    (tmp_path / "a-file").write_text("not a directory\n")
+    before = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    result = cli("init", "--env-file", str(tmp_path / "a-file" / "emsync.env"))
+    assert result.code == 2 and "cannot write env file" in result.err and result.err.count("\n") == 1
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == before, "no database, no key, nothing written"
+
+
 # ---------------------------------------------------------------- files emsync creates
 
 

@@ -67,7 +67,27 @@ def _use_env_file(ctx, env_file: str | None) -> None:
     if env_file is not None:
         ctx.env_file = env_file
         ctx.check_env_files()
+        _check_writable(env_file)
     ctx.env_file_may_be_missing = True
+
+
+def _check_writable(env_file: str) -> None:
+    """Refuse an env file init could not write, before it creates anything else: its directory is made (0700) now,
+    as writing it would, and a file that exists must be writable."""
+    import os
+    from pathlib import Path
+
+    from ..files import private_dir
+
+    path = Path(env_file)
+    if path.exists():
+        if path.is_dir() or not os.access(path, os.W_OK):
+            raise UserError(f"cannot write env file {env_file}: " + ("it is a directory" if path.is_dir() else "permission denied"))
+        return
+    try:
+        private_dir(path.parent)
+    except OSError as exc:
+        raise UserError(f"cannot write env file {env_file}: {exc.strerror or exc}") from None
 
 
 def _pin_database_url(settings, env_file, *, explicit: bool) -> None:
