@@ -125,7 +125,10 @@ def _fernet_key(name: str, raw: str) -> str:
             decoded = b""
         if len(decoded) != 32:
             which = f"key {n} of {len(keys)} in {name}" if len(keys) > 1 else name
-            raise ConfigError(f"{which} is not a valid key (32 url-safe base64-encoded bytes); 'emsync init' makes one")
+            raise ConfigError(
+                f"{which} is not a valid key (32 url-safe base64-encoded bytes): restore the key the stored tokens were "
+                "encrypted with (see the key's backup); a new installation gets one from 'emsync init'"
+            )
     if len(set(keys)) != len(keys):
         raise ConfigError(f"{name} names the same key twice")
     return ",".join(keys)

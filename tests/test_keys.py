@@ -227,6 +227,7 @@ def test_rotate_with_the_key_in_an_env_file_writes_new_old_there_then_reencrypts
     assert TokenBox(new).decrypt(after[1][0]) == "EAABtoken-one" and TokenBox(new).decrypt(after[2][1]) == "1//refresh-one"
     check = cli("keys", "check")
     assert check.code == 0 and "other keys can be removed" in check.out
+    assert f"set in {env_file} line" in check.out, "says which file holds the key"
     assert cli("sync-all").code == 0 and integration(cli, meta)["status"] == "ok"
 
 

@@ -27,13 +27,14 @@ def keys_check(typer_ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(report.as_dict())
     else:
-        _print_report(report)
+        _print_report(report, ctx.settings.origin("EMSYNC_SECRET_KEY"))
     if not report.ok:
         raise typer.Exit(1)
 
 
-def _print_report(report) -> None:
+def _print_report(report, origin: str | None) -> None:
     keys = "one key" if report.keys == 1 else f"{report.keys} keys (the first encrypts)"
+    keys += f", set in {origin}" if origin else ""
     readable = report.tokens - len(report.unreadable)
     stored = f"{readable} of {_count(report.tokens, 'stored token')} ({_count(report.credentials, 'credential')})"
     print(f"EMSYNC_SECRET_KEY holds {keys}; {stored} decrypt.")
