@@ -88,8 +88,9 @@ def integration(cli, integration_id: int) -> dict:
     return next(i for i in json.loads(cli("integrations", "list", "--json").out) if i["id"] == integration_id)
 
 
-def on_terminal(*args: str) -> tuple[int, str]:
-    """Run `emsync ARGS...` with a pseudo-terminal for stdin, stdout and stderr; (exit code, the screen without escapes)."""
+def spawn_on_terminal(*args: str, **popen) -> tuple[int, subprocess.Popen]:
+    """Start `emsync ARGS...` with a pseudo-terminal (160 columns) for stdin, stdout and stderr; (its primary end, the
+    process). The caller reads the screen from the primary end and closes it."""
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "emsync", *args],
@@ -98,8 +99,15 @@ def on_terminal(*args: str) -> tuple[int, str]:
         stderr=secondary,
         env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
         close_fds=True,
+        **popen,
     )
     os.close(secondary)
+    return primary, proc
+
+
+def on_terminal(*args: str) -> tuple[int, str]:
+    """Run `emsync ARGS...` with a pseudo-terminal for stdin, stdout and stderr; (exit code, the screen without escapes)."""
+    primary, proc = spawn_on_terminal(*args)
     output = []
     while True:
         try:

@@ -7,11 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import pty
 import select
 import stat
-import subprocess
-import sys
 import termios
 import time
 from datetime import UTC, datetime, timedelta
@@ -26,7 +23,7 @@ from emsync.config import user_env_file
 from emsync.crypto import TokenBox, new_key
 
 from .conftest import TEST_KEY, add_google, add_meta
-from .helpers import integration
+from .helpers import integration, spawn_on_terminal
 
 
 def _ciphertexts(engine) -> dict[int, tuple]:
@@ -322,17 +319,7 @@ def test_tokens_are_read_from_standard_input_with_a_dash(cli, engine, monkeypatc
 
 def _type_at_prompt(args: list[str], prompt: bytes, answer: bytes) -> tuple[int, str]:
     """Run `emsync ARGS` on a pseudo-terminal of its own (no controlling terminal), type ``answer`` after ``prompt``."""
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "emsync", *args],
-        stdin=secondary,
-        stdout=secondary,
-        stderr=secondary,
-        env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
-        close_fds=True,
-        start_new_session=True,
-    )
-    os.close(secondary)
+    primary, proc = spawn_on_terminal(*args, start_new_session=True)
     screen, typed = b"", False
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

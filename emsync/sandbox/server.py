@@ -228,15 +228,8 @@ class Sandbox:
 
     def wait_at_gate(self) -> None:
         """Called for every API request: waits while ``hold`` is on (counted in ``waiting``)."""
-        if self._gate.is_set():
-            return
-        with self._lock:
-            self.waiting += 1
-        try:
-            self._gate.wait(60)
-        finally:
-            with self._lock:
-                self.waiting -= 1
+        if not self._gate.is_set():
+            self._wait_counted(self._gate, "waiting", 60)
 
     def hold_dates(self, before: date) -> None:
         """Make metric queries whose range starts before ``before`` wait (up to two minutes) until ``release_dates``."""
@@ -249,15 +242,18 @@ class Sandbox:
 
     def wait_if_held(self, since: date) -> None:
         held = self._held_before
-        if held is None or since >= held:
-            return
+        if held is not None and since < held:
+            self._wait_counted(self._dates_gate, "held", 120)
+
+    def _wait_counted(self, gate: threading.Event, counter: str, timeout: float) -> None:
+        """Wait at ``gate`` (at most ``timeout`` seconds) while counted in the attribute ``counter``."""
         with self._lock:
-            self.held += 1
+            setattr(self, counter, getattr(self, counter) + 1)
         try:
-            self._dates_gate.wait(120)
+            gate.wait(timeout)
         finally:
             with self._lock:
-                self.held -= 1
+                setattr(self, counter, getattr(self, counter) - 1)
 
     def spend_google_operation(self) -> bool:
         """Count one Google Ads operation; False (refuse it) once ``google_daily_operations`` are spent."""
