@@ -138,10 +138,15 @@ def print_users(console: Console, users: list[dict]) -> None:
     console.print(fit_table(console, "Users", USER_COLS, rows)[0])
 
 
-INTEGRATION_COLS = [
+# Which integration a row is: the id and the email are never given up; the account folds under the email.
+WHO_COLS = [
     Col("id", no_wrap=True, justify="right"),
     Col("user", no_wrap=True),
     Col("account", 2, no_wrap=True, into="user"),
+]
+
+INTEGRATION_COLS = [
+    *WHO_COLS,
     Col("platform", 5),
     Col("cred", 8),
     Col("active", 7, into="status"),
@@ -222,9 +227,7 @@ def _print_summary(console: Console, report: dict) -> None:
 
 
 STATUS_COLS = [
-    Col("id", no_wrap=True, justify="right"),
-    Col("user", no_wrap=True),
-    Col("account", 2, no_wrap=True, into="user"),
+    *WHO_COLS,
     Col("platform", 6),
     Col("cred", 8),
     Col("status", 1, no_wrap=True, into="user"),  # the last resort: under the email
@@ -302,9 +305,7 @@ def _print_runs_and_warnings(console: Console, report: dict) -> None:
 
 
 BACKFILL_COLS = [
-    Col("id", no_wrap=True, justify="right"),
-    Col("user", no_wrap=True),
-    Col("account", 2, no_wrap=True, into="user"),
+    *WHO_COLS,
     Col("platform", 6),
     Col("range", 3, into="status"),
     Col("status", 1, no_wrap=True, into="user"),  # the last resort: under the email
