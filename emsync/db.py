@@ -120,21 +120,24 @@ _REFUSALS = (
     "too many clients",
     "remaining connection slots",
     "too many connections",
-    "connection refused",
     "the database system is starting up",
     "the database system is shutting down",
     "in recovery mode",
 )
+# Nothing listening: a failover or restart when this process had reached the server before, a wrong host or port
+# (or a server that is down) when it never had: only the first is worth waiting for.
+_AWAY = ("connection refused",)
 
 
-def connection_refused(exc: BaseException) -> bool:
+def connection_refused(exc: BaseException, *, reached_before: bool = True) -> bool:
     """True for PostgreSQL refusing a new connection (SQLSTATE 53300 too_many_connections, 57P03 cannot_connect_now,
-    or the server being away during a failover) — worth waiting for, unlike a wrong password or database name."""
+    or, when this process had ``reached_before``, the server being away during a failover) — worth waiting for,
+    unlike a wrong password, database name, host or port."""
     orig = getattr(exc, "orig", exc)
     if getattr(orig, "sqlstate", None) in ("53300", "57P03"):
         return True
     text = str(orig).lower()
-    return any(marker in text for marker in _REFUSALS)
+    return any(marker in text for marker in (*_REFUSALS, *(_AWAY if reached_before else ())))
 
 
 def _refusal_tolerant_pool():
@@ -144,16 +147,27 @@ def _refusal_tolerant_pool():
         """A QueuePool that, when PostgreSQL refuses a new connection, backs off and tries again for up to
         ``REFUSAL_RETRY_S`` — taking a connection another worker returned meanwhile, if one is free."""
 
+        reached = False  # this engine has connected once (kept across ``recreate``, e.g. after a lost connection)
+
+        def recreate(self) -> Pool:
+            new = super().recreate()
+            assert isinstance(new, Pool)
+            new.reached = self.reached
+            return new
+
         def _do_get(self):
             deadline = time.monotonic() + REFUSAL_RETRY_S
             delay = 0.25
             while True:
                 try:
-                    return super()._do_get()
+                    connection = super()._do_get()
+                    self.reached = True
+                    return connection
                 except Exception as exc:  # the driver's own error: the pool raises it unwrapped
-                    if not connection_refused(exc) or time.monotonic() + delay > deadline:
+                    if not connection_refused(exc, reached_before=self.reached) or time.monotonic() + delay > deadline:
                         raise
-                    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:160]
+                    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+                    reason = (lines[0] if lines else type(exc).__name__)[:160]  # the reason; later lines are hints
                     log.warning("PostgreSQL refused a connection (%s); retrying in %.1fs", reason, delay)
                     time.sleep(delay + random.uniform(0, delay / 2))
                     delay = min(delay * 2, 8.0)

@@ -206,6 +206,14 @@ def test_status_check_unknown_when_postgres_is_unreachable(cli, monkeypatch):
     assert result.code == 3 and result.out.startswith("EMSYNC UNKNOWN - database error") and "secret-pw" not in result.text
 
 
+def test_a_postgresql_nobody_listens_on_is_one_line_at_once_not_a_minute_of_retries(cli, monkeypatch, caplog):
+    # Retrying is for a server that is full or failing over; a host and port that never answered is a setting.
+    monkeypatch.setenv("EMSYNC_DATABASE_URL", "postgresql+psycopg://emsync:secret-pw@127.0.0.1:1/emsync")
+    result = cli("status")
+    assert result.code == 2 and result.err.count("\n") == 1 and "refused" in result.err
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()], "no retry against nothing listening"
+
+
 def test_stale_after_is_configurable(cli, engine, monkeypatch):
     integration_id = add_meta(cli, account="act_1")
     _set(engine, integration_id, status="ok", last_synced_at=datetime.now(UTC) - timedelta(minutes=40))
