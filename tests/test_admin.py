@@ -353,3 +353,17 @@ def test_every_command_has_help_with_an_example(cli):
         result = cli(*command, "--help")
         assert result.code == 0 and "Example" in result.out, command
         assert "emsync " + " ".join(command) in readme, f"README does not show 'emsync {' '.join(command)}'"
+
+
+def test_ctrl_c_while_the_command_line_is_still_importing_is_exit_130_without_a_traceback(monkeypatch):
+    import sys
+    import types
+
+    from emsync import console
+
+    class Interrupted(types.ModuleType):  # a Ctrl-C that lands inside `from .cli import main`
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "emsync.cli", Interrupted("emsync.cli"))
+    assert console.main() == 130
