@@ -8,12 +8,13 @@ attempt record commit together or not at all.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 
 from . import campaigns
 from .domain import Fetched, InsightRow, SyncWindow
@@ -202,16 +203,36 @@ def replace_window(
     present = {campaign_id for campaign_id, _ in unique}
     warnings: tuple[str, ...] = ()
     if fetched.complete:
-        in_window = metrics_t.c.integration_id == integration_id, metrics_t.c.date >= window.since, metrics_t.c.date <= window.until
-        stored = dict(conn.execute(select(metrics_t.c.campaign_id, func.count()).where(*in_window).group_by(metrics_t.c.campaign_id)).all())
+        where = {"integration_id": integration_id, "since": window.since, "until": window.until}
+        stored = dict(conn.execute(_stored_per_campaign(), where).all())
         absent = sorted(set(stored) - present)
-        gone = delete(metrics_t).where(*in_window, metrics_t.c.synced_at != synced_at)
-        for chunk in _chunks(absent):
-            gone = gone.where(metrics_t.c.campaign_id.not_in(chunk))
-        conn.execute(gone)
+        if absent:
+            gone = delete(metrics_t).where(*_in_window(), metrics_t.c.synced_at != bindparam("synced_at"))
+            for chunk in _chunks(absent):
+                gone = gone.where(metrics_t.c.campaign_id.not_in(chunk))
+        else:
+            gone = _delete_older()  # the usual case: built once (see ``statements``)
+        conn.execute(gone, {**where, "synced_at": synced_at})
         warnings = campaigns.mark_vanished(conn, integration_id, {c: stored[c] for c in absent}, window, synced_at)
     campaigns.remember(conn, integration_id, names, fetched.statuses, synced_at)
     return WindowWrite(len(values), warnings)
+
+
+def _in_window() -> tuple:
+    c = metrics_t.c
+    return c.integration_id == bindparam("integration_id"), c.date >= bindparam("since"), c.date <= bindparam("until")
+
+
+@functools.cache
+def _stored_per_campaign():
+    """Rows stored per campaign in an integration's window."""
+    return select(metrics_t.c.campaign_id, func.count()).where(*_in_window()).group_by(metrics_t.c.campaign_id)
+
+
+@functools.cache
+def _delete_older():
+    """The window's rows the write did not just touch (their ``synced_at`` is older)."""
+    return delete(metrics_t).where(*_in_window(), metrics_t.c.synced_at != bindparam("synced_at"))
 
 
 def current_names(rows: Iterable[InsightRow]) -> dict[str, str | None]:

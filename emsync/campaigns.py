@@ -9,9 +9,10 @@ campaign. First and last day seen are not stored here: the view ``campaign_days_
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from .domain import SyncWindow
 from .models import campaigns_t, metrics_t
@@ -22,7 +23,7 @@ def remember(conn, integration_id: int, names: dict[str, str | None], statuses: 
     updated. A new name is also written to every stored day of that campaign. Returns the campaigns renamed."""
     if not names:
         return 0
-    existing = {r.campaign_id: r for r in conn.execute(select(campaigns_t).where(campaigns_t.c.integration_id == integration_id))}
+    existing = {r.campaign_id: r for r in conn.execute(_of_integration(), {"integration_id": integration_id})}
     fresh = []
     renamed = 0
     for campaign_id, name in names.items():
@@ -67,6 +68,12 @@ def remember(conn, integration_id: int, names: dict[str, str | None], statuses: 
     if fresh:
         conn.execute(insert(campaigns_t), fresh)
     return renamed
+
+
+@functools.cache
+def _of_integration():
+    """An integration's campaigns (built once: see ``statements``)."""
+    return select(campaigns_t).where(campaigns_t.c.integration_id == bindparam("integration_id"))
 
 
 def mark_vanished(conn, integration_id: int, absent: dict[str, int], window: SyncWindow, now: datetime) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, insert, select
 
+from . import statements
 from .models import google_ops_t
 
 log = logging.getLogger("emsync")
@@ -55,14 +56,15 @@ def record(conn, *, operations: int, source: str, now: datetime, integration_id:
     if operations <= 0:
         return
     conn.execute(
-        insert(google_ops_t).values(
+        statements.insert_into(google_ops_t),
+        dict(
             day=google_day(now),
             operations=operations,
             source=source,
             integration_id=integration_id,
             host=socket.gethostname(),
             recorded_at=now,
-        )
+        ),
     )
 
 

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import secrets
 import threading
@@ -132,6 +133,14 @@ RETURNING integrations.*
 _RELEASE = "UPDATE integrations SET lease_host = NULL, lease_pid = NULL, lease_token = NULL, lease_until = NULL WHERE id = :id AND lease_token = :token"
 
 
+@functools.cache
+def _statement(sql: str):
+    """A ``text()`` built once per SQL string (its cache key is kept with it: see ``statements``)."""
+    from sqlalchemy import text
+
+    return text(sql)
+
+
 class _Lease(Claim):
     def __init__(self, locker: LeaseLocker, integration_id: int, token: str, state: IntegrationState):
         super().__init__(integration_id, self._release_now)
@@ -141,9 +150,8 @@ class _Lease(Claim):
 
     def fence(self, conn) -> None:
         """Release the lease inside the caller's transaction, or raise ``LeaseLost`` (rolling that transaction back)."""
-        from sqlalchemy import text
 
-        released = conn.execute(text(_RELEASE), {"id": self.integration_id, "token": self.token}).rowcount
+        released = conn.execute(_statement(_RELEASE), {"id": self.integration_id, "token": self.token}).rowcount
         if released != 1:
             raise LeaseLost(
                 f"lost the lease on integration {self.integration_id} (another process took over after it expired); nothing written"
@@ -154,11 +162,10 @@ class _Lease(Claim):
         self.locker._held.pop(self.token or "", None)
 
     def _release_now(self) -> None:
-        from sqlalchemy import text
 
         self.locker._held.pop(self.token or "", None)
         with self.locker.engine.begin() as conn:
-            conn.execute(text(_RELEASE), {"id": self.integration_id, "token": self.token})
+            conn.execute(_statement(_RELEASE), {"id": self.integration_id, "token": self.token})
 
 
 class LeaseLocker:
@@ -187,12 +194,11 @@ class LeaseLocker:
             self._dead = [p for p in pids if p is not None and not pid_alive(p)]
 
     def try_claim(self, integration_id: int) -> Claim | None:
-        from sqlalchemy import text
 
         token = secrets.token_hex(16)
         values = {"host": self.host, "pid": self.pid, "token": token, "ttl": LEASE_SECONDS, "id": integration_id, "dead": self._dead}
         with self.engine.begin() as conn:
-            got = conn.execute(text(_CLAIM), values).first()
+            got = conn.execute(_statement(_CLAIM), values).first()
         if got is None:
             return None
         self._held[token] = integration_id

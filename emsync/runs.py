@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, insert, or_, select, update
 
+from . import statements
 from .domain import SyncWindow
 from .models import attempts_t, integrations_t, runs_t, users_t
 
@@ -100,7 +101,8 @@ def record_attempt(
 ) -> None:
     """One attempt's record (the run's own row is not touched: see ``heartbeat``)."""
     conn.execute(
-        insert(attempts_t).values(
+        statements.insert_into(attempts_t),
+        dict(
             run_id=run_id,
             integration_id=integration_id,
             window_start=window.since if window else None,
@@ -113,7 +115,7 @@ def record_attempt(
             api_requests=api_requests,
             duration_s=(finished_at - started_at).total_seconds(),
             error=error,
-        )
+        ),
     )
 
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, func, insert, select, update
 from sqlmodel import SQLModel
 
-from . import validate
+from . import statements, validate
 from .clock import utcnow
 from .crypto import TokenBox
 from .domain import Credentials, CredentialState, IntegrationState
@@ -567,7 +567,7 @@ def merge_identical_credentials(conn, box: TokenBox) -> int:
 
 def integration_state(conn, integration_id: int) -> IntegrationState | None:
     """The integration as an attempt starts from (tokens still encrypted); None when it was removed."""
-    row = conn.execute(select(integrations_t).where(integrations_t.c.id == integration_id)).first()
+    row = conn.execute(statements.select_by_id(integrations_t), {"row_id": integration_id}).first()
     return None if row is None else state_from_row(row._mapping)
 
 
@@ -579,7 +579,7 @@ def state_from_row(mapping) -> IntegrationState:
 
 def credential_state(conn, credential_id: int) -> CredentialState | None:
     """A credential as the engine reads it before refreshing (tokens still encrypted); None when it was removed."""
-    row = conn.execute(select(credentials_t).where(credentials_t.c.id == credential_id)).first()
+    row = conn.execute(statements.select_by_id(credentials_t), {"row_id": credential_id}).first()
     if row is None:
         return None
     fields = CredentialState.__dataclass_fields__
@@ -625,7 +625,7 @@ def mark_success(conn, integration_id: int, *, started_at: datetime, finished_at
     )
     if full:
         values["last_full_sync_at"] = finished_at
-    conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))
+    statements.update_by_id(conn, integrations_t, integration_id, values)
 
 
 def mark_failure(
@@ -652,4 +652,4 @@ def mark_failure(
     )
     if warning:
         values.update(last_warning=warning[:2000], last_warning_at=finished_at)
-    conn.execute(update(integrations_t).where(integrations_t.c.id == integration_id).values(**values))
+    statements.update_by_id(conn, integrations_t, integration_id, values)

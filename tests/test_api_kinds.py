@@ -386,6 +386,18 @@ def test_redaction_masks_secrets_not_words():
     assert redact("the secret is client-secret-value-123") == "the secret is ***"
 
 
+def test_redaction_masks_every_character_of_overlapping_and_prefix_sharing_secrets():
+    # Secrets sharing their first characters, one inside another, two overlapping, and thousands registered:
+    # no character of any of them is left, wherever it starts.
+    register_secret("shared-prefix-AAAA", "shared-prefix-AAAABBBB", "xyzzy-overlap-1", "overlap-1-and-more")
+    register_secret(*(f"bulk-token-{n:05d}-tail" for n in range(5000)))
+    assert redact("a shared-prefix-AAAABBBB b") == "a *** b"
+    assert redact("a shared-prefix-AAAA b") == "a *** b"
+    assert redact("[xyzzy-overlap-1-and-more]") == "[***]"
+    assert redact("bulk-token-04999-tail,bulk-token-00000-tail") == "***,***"
+    assert redact("no secret here, bulk-token-0 is not one") == "no secret here, bulk-token-0 is not one"
+
+
 def test_invalid_client_keeps_the_providers_description_readable(cli, make_sandbox, monkeypatch):
     sb = make_sandbox()
     monkeypatch.setenv("GOOGLE_OAUTH_CLIENT_SECRET", "a-wrong-client-secret-987")
