@@ -20,7 +20,7 @@ from . import store
 from .clock import Clock
 from .config import Settings
 from .crypto import TokenBox
-from .db import write_transaction
+from .db import one_statement, write_transaction
 from .domain import Connector, Credentials, IntegrationState
 from .errors import ConfigError, NeedsReauth
 from .http import HttpClient
@@ -70,7 +70,7 @@ class CredentialAccess:
             refused = self._refused.get(credential_id)
             if refused is not None:
                 raise NeedsReauth(refused)
-            with self.db.begin() as conn:
+            with one_statement(self.db) as conn:
                 stored = store.credential_state(conn, credential_id)
             if stored is None:
                 raise NeedsReauth("the integration's credential was removed: connect the account again")

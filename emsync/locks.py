@@ -23,7 +23,7 @@ import secrets
 import threading
 from pathlib import Path
 
-from .db import sqlite_path
+from .db import one_statement, sqlite_path
 from .domain import IntegrationState
 from .errors import EmsyncError
 from .store import state_from_row
@@ -164,7 +164,7 @@ class _Lease(Claim):
     def _release_now(self) -> None:
 
         self.locker._held.pop(self.token or "", None)
-        with self.locker.engine.begin() as conn:
+        with one_statement(self.locker.engine) as conn:
             conn.execute(_statement(_RELEASE), {"id": self.integration_id, "token": self.token})
 
 
@@ -197,7 +197,7 @@ class LeaseLocker:
 
         token = secrets.token_hex(16)
         values = {"host": self.host, "pid": self.pid, "token": token, "ttl": LEASE_SECONDS, "id": integration_id, "dead": self._dead}
-        with self.engine.begin() as conn:
+        with one_statement(self.engine) as conn:
             got = conn.execute(_statement(_CLAIM), values).first()
         if got is None:
             return None

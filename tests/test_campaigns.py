@@ -192,3 +192,39 @@ def test_meta_clicks_link_switches_only_the_ctr_and_cpc_denominators(cli, engine
         assert abs(Decimal(str(r.ctr)) - Decimal(r.link_clicks) * 100 / Decimal(r.impressions)) < Decimal("0.000001")
         assert abs(Decimal(str(r.cpc)) - Decimal(str(r.spend)) / Decimal(r.link_clicks)) < Decimal("0.000001")
     assert values(stored(engine, meta)) == quantized(expected(sb, "meta", "1")), "clicks still hold all clicks"
+
+
+# ---------------------------------------------------------------- how rows are written
+
+
+@pytest.mark.parametrize("path", ["copy", "row_by_row"])
+@pytest.mark.parametrize("platform", ["meta", "google"])
+def test_every_write_path_stores_the_exact_window_updates_and_deletes(cli, engine, make_sandbox, monkeypatch, platform, path):
+    # PostgreSQL writes 100 rows or more with COPY through a staging table, fewer row by row: both must give the
+    # same exact rows, restated values updated and vanished days deleted. (SQLite always writes row by row.)
+    from emsync import campaign_rows
+
+    monkeypatch.setattr(campaign_rows, "COPY_THRESHOLD", 1 if path == "copy" else 10**9)
+    account = "1" if platform == "meta" else "1111111111"
+    sb = make_sandbox({"meta_accounts": {"1": {"campaigns": 6}}, "google_customers": {"1111111111": {"campaigns": 6}}})
+    integration_id = add_meta(cli, account="act_1") if platform == "meta" else add_google(cli, account=account)
+    assert cli("sync-all").code == 0
+    assert values(stored(engine, integration_id)) == quantized(expected(sb, platform, account))
+    sb.set_account(platform, account, restate=True)
+    sb.next_call(platform, account, "restate")
+    assert cli("sync-all", "--full").code == 0
+    rows = stored(engine, integration_id)
+    assert values(rows) == quantized(expected(sb, platform, account, version=1)), "restated rows updated, removed days deleted"
+    for row in rows.values():  # the derived ratios travel the same path
+        ctr = None if row.ctr is None else _q6(Decimal(str(row.ctr)))
+        assert ctr == (None if not row.impressions else _q6(Decimal(row.clicks) * 100 / Decimal(row.impressions)))
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            staged = conn.execute(text("SELECT count(*) FROM pg_tables WHERE tablename = 'emsync_metrics_in'")).scalar()
+            assert staged == 0, "the staging table is temporary: no ordinary table left behind"
+
+
+def _q6(value: Decimal) -> Decimal:
+    from decimal import ROUND_HALF_UP
+
+    return value.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)

@@ -449,6 +449,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as production front ends set it: headers and body go out in two writes, and with Nagle's
+    # algorithm the body waited for the client's delayed ACK (40 ms on Linux), on top of any --latency-ms.
+    disable_nagle_algorithm = True
     server_version = "emsync-sandbox/1"
 
     def log_message(self, *args) -> None:  # keep test output clean
