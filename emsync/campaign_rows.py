@@ -105,9 +105,7 @@ def _copy_upsert(conn, values: list[tuple]) -> None:
     updates = ", ".join(f"{c} = excluded.{c}" for c in _METRIC_COLUMNS if c not in _KEY)
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (LIKE campaign_metrics INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
+        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (LIKE campaign_metrics INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
         with cursor.copy(f"COPY {_STAGING} ({columns}) FROM STDIN") as copy:
             for row in values:
                 copy.write_row(row)
