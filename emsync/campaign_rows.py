@@ -289,7 +289,7 @@ def current_names(rows: Iterable[InsightRow]) -> dict[str, str | None]:
     return names
 
 
-def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
+def _chunks(items: list, size: int = 500) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -298,7 +298,13 @@ def metric_rows(conn, integration_id: int) -> list[dict]:
     return [dict(r._mapping) for r in conn.execute(query)]
 
 
-def rows_since(conn, since: date) -> dict[int, int]:
-    """Rows per integration dated ``since`` or later (the status table's "rows in window")."""
+def rows_since(conn, since: date, ids: Iterable[int] | None = None) -> dict[int, int]:
+    """Rows per integration dated ``since`` or later (the status table's "rows in window"); only those of ``ids``
+    when given (counting every integration's rows reads the whole window: 1.5 million rows at 10,000 integrations)."""
     query = select(metrics_t.c.integration_id, func.count()).where(metrics_t.c.date >= since).group_by(metrics_t.c.integration_id)
-    return {i: n for i, n in conn.execute(query)}
+    if ids is None:
+        return {i: n for i, n in conn.execute(query)}
+    counts: dict[int, int] = {}
+    for chunk in _chunks(sorted(set(ids))):
+        counts.update({i: n for i, n in conn.execute(query.where(metrics_t.c.integration_id.in_(chunk)))})
+    return counts

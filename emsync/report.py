@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
 
 from . import budget, campaign_rows, ledger, runs, store
@@ -68,15 +68,18 @@ def _run_json(run: dict, now: datetime, host: str) -> dict:
     }
 
 
-def build_status(conn, settings: Settings, *, now: datetime | None = None) -> dict:
+def build_status(conn, settings: Settings, *, now: datetime | None = None, rows_in_window: bool = True) -> dict:
+    """Everything ``emsync status`` shows (``--json`` prints it as it is). ``rows_in_window=False`` leaves each
+    integration's ``rows_in_window`` out (``add_rows_in_window`` adds it for the ones a summary lists)."""
     now = now or datetime.now(UTC)
     rows = store.list_integrations(conn)
-    in_window = campaign_rows.rows_since(conn, now.date() - timedelta(days=settings.lookback_days))
+    in_window = campaign_rows.rows_since(conn, window_start(settings, now)) if rows_in_window else None
     integrations = []
     warnings = []
     for row in rows:
         item = integration_json(row)
-        item["rows_in_window"] = in_window.get(row["id"], 0)
+        if in_window is not None:
+            item["rows_in_window"] = in_window.get(row["id"], 0)
         expires = row["token_expires_at"]
         item["token_expires_soon"] = bool(expires and expires - now < TOKEN_WARNING)
         access = row.get("data_access_expires_at")
@@ -110,6 +113,18 @@ def build_status(conn, settings: Settings, *, now: datetime | None = None) -> di
         "backfills": backfills,
         "warnings": warnings,
     }
+
+
+def window_start(settings: Settings, now: datetime) -> date:
+    """The first day a sync's window covers (EMSYNC_LOOKBACK_DAYS back from ``now``)."""
+    return now.date() - timedelta(days=settings.lookback_days)
+
+
+def add_rows_in_window(conn, settings: Settings, report: dict, items: list[dict]) -> None:
+    """Fill ``rows_in_window`` on ``items`` (some of ``report["integrations"]``), counting only their rows."""
+    counts = campaign_rows.rows_since(conn, window_start(settings, report["generated_at"]), [i["id"] for i in items])
+    for item in items:
+        item["rows_in_window"] = counts.get(item["id"], 0)
 
 
 class Problem(NamedTuple):

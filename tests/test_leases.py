@@ -336,6 +336,16 @@ def test_status_summarises_a_large_installation_and_all_shows_everything(cli, en
         for n in range(1, 251):
             store.add_integration(conn, box, email="agency@example.com", platform="meta", account_id=str(n), access_token=f"EAAB{n:06d}")
         conn.execute(text("UPDATE integrations SET status = 'error', last_error = 'boom' WHERE id = 7"))
+        today = datetime.now(UTC).date()
+        for integration_id, days in ((7, 3), (8, 2)):
+            for day in range(days):
+                conn.execute(
+                    text(
+                        "INSERT INTO campaign_metrics (integration_id, campaign_id, date, spend, impressions, clicks, conversions, "
+                        "revenue, synced_at) VALUES (:i, 'c1', :d, 1, 1, 1, 0, 0, :now)"
+                    ),
+                    {"i": integration_id, "d": today - timedelta(days=day), "now": datetime.now(UTC)},
+                )
     summary = cli("status")
     assert summary.code == 0
     assert "250 integrations" in summary.out and "act_7" in summary.out and "boom" in summary.out
@@ -344,6 +354,10 @@ def test_status_summarises_a_large_installation_and_all_shows_everything(cli, en
     assert "act_8" in everything.out and "act_250" in everything.out
     report = json.loads(cli("status", "--json").out)
     assert len(report["integrations"]) == 250
+    in_window = {i["id"]: i["rows_in_window"] for i in report["integrations"]}
+    assert (in_window[7], in_window[8], in_window[9]) == (3, 2, 0), "--json counts every integration's rows"
+    listed = next(line for line in summary.out.splitlines() if "act_7" in line)
+    assert " 3 " in f"{listed} ", "the summary counts the rows of the integrations it lists"
 
 
 @pytest.mark.parametrize("backend", ["postgres"])

@@ -32,18 +32,23 @@ def status(
 
     Examples: [bold]emsync status[/bold]   [bold]emsync status --check[/bold]   [bold]emsync status --json[/bold]
     """
-    from ..report import build_status
+    from ..report import add_rows_in_window, build_status
+    from .render import SUMMARY_ABOVE, needs_attention, print_status
 
     ctx = state(typer_ctx)
     if check:
         raise typer.Exit(_check(ctx))
     with ctx.transaction(write=False) as conn:
-        report = build_status(conn, ctx.settings)
-    if json_out:
-        print_json(report)
-        return
-    from .render import print_status
-
+        if json_out:
+            print_json(build_status(conn, ctx.settings))
+            return
+        # Rows in the window are counted only for the integrations the table will show: a summary at 10,000
+        # integrations lists only the problems, and counting all of them read the whole window.
+        report = build_status(conn, ctx.settings, rows_in_window=False)
+        listed = report["integrations"]
+        if len(listed) > SUMMARY_ABOVE and not show_all:
+            listed = [i for i in listed if needs_attention(i)]
+        add_rows_in_window(conn, ctx.settings, report, listed)
     print_status(console(), report, show_all=show_all)
 
 
@@ -56,7 +61,7 @@ def _check(ctx) -> int:
     from ..report import build_status, check_line, check_problems, undecryptable_credentials
 
     with ctx.transaction(write=False) as conn:
-        report = build_status(conn, ctx.settings)
+        report = build_status(conn, ctx.settings, rows_in_window=False)  # the check judges no row counts
         credentials = {i["credential_id"] for i in report["integrations"] if i["is_active"] and i.get("credential_id") is not None}
         undecryptable = undecryptable_credentials(conn, ctx.settings, credentials)
     problems = check_problems(report, ctx.settings, undecryptable=undecryptable)

@@ -186,6 +186,11 @@ SUMMARY_ABOVE = 200  # integrations: above this, `status` summarises unless --al
 PROBLEMS_LISTED = 50
 
 
+def needs_attention(item: dict) -> bool:
+    """An active integration whose last attempt did not end well: what a status summary lists."""
+    return bool(item["is_active"]) and item["status"] not in ("ok", "never_synced")
+
+
 def print_status(console: Console, report: dict, *, show_all: bool = False) -> None:
     integrations = report["integrations"]
     if len(integrations) > SUMMARY_ABOVE and not show_all:
@@ -211,7 +216,7 @@ def _print_summary(console: Console, report: dict) -> None:
     for platform in sorted({p for p, _ in counts}):
         table.add_row(platform, *(str(counts.get((platform, s), 0)) for s in statuses))
     console.print(table)
-    problems = [i for i in active if i["status"] not in ("ok", "never_synced")]
+    problems = [i for i in active if needs_attention(i)]
     if problems:
         _print_integrations(console, f"{len(problems)} need attention", problems[:PROBLEMS_LISTED])
         if len(problems) > PROBLEMS_LISTED:
