@@ -54,6 +54,17 @@ class Claim:
     def fence(self, conn) -> None:
         """Inside the caller's write transaction: make sure the claim is still ours (a flock always is)."""
 
+    def released_by_write(self) -> None:
+        """After the caller's write transaction wrote ``token``'s release (``store.record_success``): a lease is
+        then released; a flock is not (it has no token and is released when the ``with`` block ends)."""
+
+    def lost(self) -> LeaseLost:
+        """The error for a write that found the integration no longer this claim's (``record_success`` said so)."""
+        return LeaseLost(
+            f"lost the lease on integration {self.integration_id} (removed, or another process took over after the lease "
+            "expired); nothing written"
+        )
+
     def mark_released(self) -> None:
         self._released = True
 
@@ -153,11 +164,14 @@ class _Lease(Claim):
 
         released = conn.execute(_statement(_RELEASE), {"id": self.integration_id, "token": self.token}).rowcount
         if released != 1:
-            raise LeaseLost(
-                f"lost the lease on integration {self.integration_id} (another process took over after it expired); nothing written"
-            )
+            raise self.lost()
         # Forgotten now, not after the commit: if this transaction rolls back, the restored lease expires
         # within LEASE_SECONDS (no longer renewed) — a short delay, never a second writer.
+        self.mark_released()
+        self.locker._held.pop(self.token or "", None)
+
+    def released_by_write(self) -> None:
+        # As in ``fence``: forgotten before the commit; a rollback restores a lease that expires unrenewed.
         self.mark_released()
         self.locker._held.pop(self.token or "", None)
 

@@ -100,22 +100,47 @@ def record_attempt(
     error: str | None,
 ) -> None:
     """One attempt's record (the run's own row is not touched: see ``heartbeat``)."""
-    conn.execute(
-        statements.insert_into(attempts_t),
-        dict(
-            run_id=run_id,
-            integration_id=integration_id,
-            window_start=window.since if window else None,
-            window_end=window.until if window else None,
-            full_window=bool(window and window.full),
-            started_at=started_at,
-            finished_at=finished_at,
-            status=status,
-            rows=rows,
-            api_requests=api_requests,
-            duration_s=(finished_at - started_at).total_seconds(),
-            error=error,
-        ),
+    row = attempt_row(
+        run_id=run_id,
+        integration_id=integration_id,
+        window=window,
+        started_at=started_at,
+        finished_at=finished_at,
+        status=status,
+        rows=rows,
+        api_requests=api_requests,
+        error=error,
+    )
+    conn.execute(statements.insert_into(attempts_t), row)
+
+
+def attempt_row(
+    *,
+    run_id: int,
+    integration_id: int,
+    window: SyncWindow | None,
+    started_at: datetime,
+    finished_at: datetime,
+    status: str,
+    rows: int,
+    api_requests: int,
+    error: str | None,
+) -> dict:
+    """A ``sync_attempts`` row's columns (``record_attempt`` writes one; ``store.record_success`` writes it with the
+    integration's new status). ``duration_s`` in seconds."""
+    return dict(
+        run_id=run_id,
+        integration_id=integration_id,
+        window_start=window.since if window else None,
+        window_end=window.until if window else None,
+        full_window=bool(window and window.full),
+        started_at=started_at,
+        finished_at=finished_at,
+        status=status,
+        rows=rows,
+        api_requests=api_requests,
+        duration_s=(finished_at - started_at).total_seconds(),
+        error=error,
     )
 
 

@@ -13,10 +13,11 @@ integrations may share; ``ENCRYPTED_COLUMNS`` lists every such column.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlmodel import SQLModel
 
 from . import statements, validate
@@ -611,6 +612,43 @@ def save_tokens(conn, box: TokenBox, credential_id: int, creds: Credentials) -> 
 
 def mark_success(conn, integration_id: int, *, started_at: datetime, finished_at: datetime, full: bool, warning: str | None = None) -> None:
     """``ok``; ``warning`` (what the sync warned about without failing) replaces ``last_warning``: None clears it."""
+    statements.update_by_id(conn, integrations_t, integration_id, _success_values(started_at, finished_at, full, warning))
+
+
+def record_success(
+    conn,
+    integration_id: int,
+    *,
+    attempt: dict,
+    started_at: datetime,
+    finished_at: datetime,
+    full: bool,
+    warning: str | None = None,
+    lease_token: str | None = None,
+) -> bool:
+    """A successful attempt's last step inside its write transaction: its ``sync_attempts`` row (``attempt``: that
+    table's columns), the integration ``ok`` as ``mark_success`` leaves it and, with ``lease_token``, its lease
+    released — the update made only while the lease is still that token's (the fence: a process that stalled past
+    the lease's expiry must not overwrite a newer window).
+
+    PostgreSQL: one statement (``WITH attempt AS (INSERT …) UPDATE integrations …``), one round trip instead of
+    three; elsewhere two. Returns False when ``lease_token`` no longer holds the lease: nothing is updated and the
+    caller must roll back (the attempt row goes with it).
+    """
+    values = _success_values(started_at, finished_at, full, warning)
+    if lease_token is not None:
+        values.update(lease_host=None, lease_pid=None, lease_token=None, lease_until=None)
+    params = {f"v_{c}": v for c, v in values.items()}
+    params.update(row_id=integration_id, fence=lease_token)
+    if conn.dialect.name == "postgresql":
+        params.update({f"a_{c}": v for c, v in attempt.items()})
+        statement = _success_with_attempt(tuple(values), tuple(attempt), lease_token is not None)
+        return conn.execute(statement, params).rowcount == 1
+    conn.execute(statements.insert_into(attempts_t), attempt)
+    return conn.execute(_success_update(tuple(values), lease_token is not None), params).rowcount == 1
+
+
+def _success_values(started_at: datetime, finished_at: datetime, full: bool, warning: str | None) -> dict:
     values = dict(
         status="ok",
         last_sync_started_at=started_at,
@@ -625,7 +663,23 @@ def mark_success(conn, integration_id: int, *, started_at: datetime, finished_at
     )
     if full:
         values["last_full_sync_at"] = finished_at
-    statements.update_by_id(conn, integrations_t, integration_id, values)
+    return values
+
+
+@functools.cache
+def _success_update(columns: tuple[str, ...], fenced: bool):
+    """``UPDATE integrations SET <columns> WHERE id = :row_id [AND lease_token = :fence]``, built once (``statements``)."""
+    where = [integrations_t.c.id == bindparam("row_id")]
+    if fenced:
+        where.append(integrations_t.c.lease_token == bindparam("fence"))
+    return update(integrations_t).where(*where).values({c: bindparam(f"v_{c}") for c in columns})
+
+
+@functools.cache
+def _success_with_attempt(columns: tuple[str, ...], attempt_columns: tuple[str, ...], fenced: bool):
+    """PostgreSQL: the attempt's INSERT as a data-modifying WITH of the success UPDATE."""
+    attempt = insert(attempts_t).values({c: bindparam(f"a_{c}") for c in attempt_columns}).cte("attempt")
+    return _success_update(columns, fenced).add_cte(attempt)
 
 
 def mark_failure(

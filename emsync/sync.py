@@ -9,9 +9,9 @@ The path of one integration, top to bottom in ``Syncer``:
         _prepare       (access.py) under the credential's lock: re-read the credential (store.py), decrypt its
                        Credentials, connector.prepare (refresh or renew; Meta: debug_token once a
                        day), save what changed at once
-      _save_success  one write transaction: the claim fenced (still ours?), the window (campaign_rows.py),
-                     the attempt record (runs.py), its Google operations (ledger.py), the integration's
-                     status and warning (store.py)
+      _save_success  one write transaction: the window (campaign_rows.py), its Google operations
+                     (ledger.py), then in one statement on PostgreSQL the attempt record, the integration's
+                     status and warning, and the lease released if still ours (the fence; store.py)
       _save_failure  one write transaction: the claim fenced, the attempt, its operations, the failing status
 
 Integrations share credentials (one Google login, one Meta user): a Google
@@ -649,14 +649,13 @@ class Syncer:
         currency = work.info.currency if work.info else state.currency
         link_ratios = state.platform == "meta" and self.settings.meta_clicks == "link"
         with write_transaction(self.db) as conn:
-            work.claim.fence(conn)
             self._remember(conn, state, work)
             written = campaign_rows.replace_window(conn, state.id, work.window, work.fetched, currency, started, link_ratios=link_ratios)
             rows = written.rows
             warnings = [*work.warnings, *written.warnings]
             finished = self.clock.now()
-            runs.record_attempt(
-                conn,
+            ledger.record(conn, operations=api.operations, source="sync", now=finished, integration_id=state.id)
+            attempt = runs.attempt_row(
                 run_id=run_id,
                 integration_id=state.id,
                 window=work.window,
@@ -667,8 +666,21 @@ class Syncer:
                 api_requests=api.requests,
                 error=None,
             )
-            ledger.record(conn, operations=api.operations, source="sync", now=finished, integration_id=state.id)
-            store.mark_success(conn, state.id, started_at=started, finished_at=finished, full=work.window.full, warning=_joined(warnings))
+            # The attempt, the status and the lease's release in one statement, made only while the lease is still
+            # ours (the fence): else everything above rolls back.
+            held = store.record_success(
+                conn,
+                state.id,
+                attempt=attempt,
+                started_at=started,
+                finished_at=finished,
+                full=work.window.full,
+                warning=_joined(warnings),
+                lease_token=work.claim.token,
+            )
+            if not held:
+                raise work.claim.lost()
+            work.claim.released_by_write()
         work.warnings = warnings
         return rows
 

@@ -121,6 +121,9 @@ def test_a_window_is_not_written_by_a_process_that_lost_its_lease(cli, engine, d
     after = integration(cli, meta)
     assert (after["status"], after["last_synced_at"]) == (status_before["status"], status_before["last_synced_at"])
     assert _lease(engine, meta).lease_token == "stolen", "the new holder's lease is untouched"
+    with engine.connect() as conn:
+        attempts = conn.execute(text("SELECT count(*) FROM sync_attempts WHERE integration_id = :i"), {"i": meta}).scalar()
+    assert attempts == 1, "the loser's attempt row (written in the same statement as its status) was rolled back too"
 
 
 # ---------------------------------------------------------------- freshness
