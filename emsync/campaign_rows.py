@@ -223,8 +223,9 @@ def replace_window(
     """Make the integration's rows for the window's dates equal what the platform answered, as far as the
     answer can tell; keep ``campaigns`` current.
 
-    One upsert for everything returned. Then, only when the answer is ``complete``, one delete of the days
-    that campaigns present in the answer no longer have (every surviving row carries ``synced_at``). Rows
+    One upsert for everything returned. Then, only when the answer is ``complete``, one count per campaign of
+    the rows in the window and, when it shows days that campaigns present in the answer no longer have, one
+    delete of them (every row just written carries ``synced_at``). Rows
     of a campaign absent from the whole answer are never deleted: it may be deleted or archived upstream
     and left out of the answer; it is marked vanished in ``campaigns`` and reported in the warnings.
     ``link_ratios``: CTR and CPC divide by link clicks (META_CLICKS=link) instead of all clicks.
@@ -247,13 +248,16 @@ def replace_window(
         where = {"integration_id": integration_id, "since": window.since, "until": window.until}
         stored = dict(conn.execute(_stored_per_campaign(), where).all())
         absent = sorted(set(stored) - present)
-        if absent:
-            gone = delete(metrics_t).where(*_in_window(), metrics_t.c.synced_at != bindparam("synced_at"))
-            for chunk in _chunks(absent):
-                gone = gone.where(metrics_t.c.campaign_id.not_in(chunk))
-        else:
-            gone = _delete_older()  # the usual case: built once (see ``statements``)
-        conn.execute(gone, {**where, "synced_at": synced_at})
+        # The count is taken after the upsert, so the present campaigns' rows beyond those just written are the
+        # days the answer no longer has; none (the usual case): no DELETE to send.
+        if sum(stored.get(c, 0) for c in present) != len(unique):
+            if absent:
+                gone = delete(metrics_t).where(*_in_window(), metrics_t.c.synced_at != bindparam("synced_at"))
+                for chunk in _chunks(absent):
+                    gone = gone.where(metrics_t.c.campaign_id.not_in(chunk))
+            else:
+                gone = _delete_older()  # built once (see ``statements``)
+            conn.execute(gone, {**where, "synced_at": synced_at})
         warnings = campaigns.mark_vanished(conn, integration_id, {c: stored[c] for c in absent}, window, synced_at)
     campaigns.remember(conn, integration_id, names, fetched.statuses, synced_at)
     return WindowWrite(len(values), warnings)
