@@ -2,7 +2,7 @@
 
     python bench/many_hosts.py cycle   [--integrations 10000] [--processes 3] [--stagger 30] [--role-limit 30]
     python bench/many_hosts.py kill    [--integrations 3000]                     # kill -9 one of three mid-run
-    python bench/many_hosts.py steady  [--integrations 2000]                     # concurrency 8 vs 32, same connections
+    python bench/many_hosts.py steady  [--integrations 2000] [--repeat 3]        # concurrency 8 vs 32, same connections
     python bench/many_hosts.py status  [--integrations 10000]                    # `emsync status` at size
 
 Every process is `python -m emsync sync-all --json`, exactly what cron runs, as a PostgreSQL role with a
@@ -261,17 +261,31 @@ def steady(args) -> dict:
         try:
             first = finish(start_sync(setup.env(EMSYNC_CONCURRENCY="32")), time.perf_counter())
             out = {"what": "steady run", "integrations": args.integrations, "first_run": first, "by_concurrency": {}}
-            for concurrency in (8, 32, 64):
-                env = setup.env(EMSYNC_CONCURRENCY=str(concurrency), EMSYNC_MIN_INTERVAL_MINUTES="0", EMSYNC_DB_POOL_SIZE=str(args.pool))
-                setup.reset_log()
-                with ConnectionWatch(setup.admin_url, setup.role) as watch:
-                    result = finish(start_sync(env), time.perf_counter())
-                requests_made = len(bench.request_log(setup.url))
-                out["by_concurrency"][concurrency] = result | {
-                    "most_connections": watch.most,
-                    "requests": requests_made,
-                    "network_bound_s": round(requests_made * LATENCY_MS / 1000 / concurrency, 2),
-                }
+            # Each concurrency ``--repeat`` times, interleaved (8, 32, 64, 8, 32, 64, …) so that a slow spell of a
+            # shared machine does not fall on one concurrency only; the median and every wall time are kept.
+            for _ in range(args.repeat):
+                for concurrency in (8, 32, 64):
+                    env = setup.env(
+                        EMSYNC_CONCURRENCY=str(concurrency), EMSYNC_MIN_INTERVAL_MINUTES="0", EMSYNC_DB_POOL_SIZE=str(args.pool)
+                    )
+                    setup.reset_log()
+                    with ConnectionWatch(setup.admin_url, setup.role) as watch:
+                        result = finish(start_sync(env), time.perf_counter())
+                    requests_made = len(bench.request_log(setup.url))
+                    entry = out["by_concurrency"].setdefault(concurrency, {"runs": []})
+                    entry["runs"].append(
+                        result
+                        | {
+                            "most_connections": watch.most,
+                            "requests": requests_made,
+                            "network_bound_s": round(requests_made * LATENCY_MS / 1000 / concurrency, 2),
+                        }
+                    )
+            for entry in out["by_concurrency"].values():
+                walls = sorted(r["wall_s"] for r in entry["runs"])
+                entry["median_wall_s"] = walls[len(walls) // 2]
+                entry["best_wall_s"] = walls[0]
+                entry["most_connections"] = max(r["most_connections"] for r in entry["runs"])
             return out
         finally:
             setup.close()
@@ -308,6 +322,7 @@ def main() -> None:
     parser.add_argument("--role-limit", type=int, default=30, help="CONNECTION LIMIT of emsync's role")
     parser.add_argument("--pool", type=int, default=4, help="EMSYNC_DB_POOL_SIZE")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per concurrency (steady): the median is reported")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     defaults = {"cycle": 10000, "kill": 3000, "steady": 2000, "status": 10000}
