@@ -44,6 +44,20 @@ def test_demo_keep_leaves_the_database(tmp_path):
     assert result.returncode == 0
     kept = list((tmp_path / "tmp").rglob("demo.db"))
     assert len(kept) == 1 and str(kept[0]) in result.stdout.replace("\n", "")
+    env_file = kept[0].with_name("demo.env")
+    assert env_file.stat().st_mode & 0o777 == 0o600 and str(env_file) in result.stdout.replace("\n", "")
+    key = next(line.split("=", 1)[1] for line in env_file.read_text().splitlines() if line.startswith("EMSYNC_SECRET_KEY="))
+    assert key and key not in result.stdout + result.stderr, "the key is kept in the file, never printed"
+    # emsync reads the kept database with it: the one problem is the revoked token the demo shows on purpose
+    check = subprocess.run(
+        [sys.executable, "-m", "emsync", "--env-file", str(env_file), "status", "--check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 2 and "needs_reauth" in check.stdout, check.stdout + check.stderr
+    assert "decrypt" not in check.stdout and "critical=1" in check.stdout, check.stdout
 
 
 def test_sandbox_command_serves_and_prints_the_settings(tmp_path):

@@ -87,7 +87,17 @@ def run_demo(*, keep: bool = False) -> int:
             "[bold]emsync connect meta --email EMAIL[/], then cron (see crontab.example)."
         )
         if keep:
+            # Its tokens are encrypted with the demo's own key: keep that too, in a private env file (never printed),
+            # so that emsync itself can read the kept database.
+            from ..envfile import quote
+            from ..files import atomic_write
+
+            env_file = workdir / "demo.env"
+            atomic_write(
+                env_file, f"EMSYNC_DATABASE_URL={quote(settings.database_url)}\nEMSYNC_SECRET_KEY={quote(settings.secret_key or '')}\n"
+            )
             console.print(f"\nThe demo database is kept at {database}  (try: sqlite3 {database} 'select * from campaign_metrics limit 5')")
+            console.print(f"Its settings and key are in {env_file} (0600): emsync --env-file {env_file} status")
         else:
             console.print("\nThe demo database was temporary and is removed now (use --keep to keep it).")
         return 0
