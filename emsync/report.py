@@ -213,10 +213,11 @@ def check_problems(
         problems.extend(_integration_problems(item, who, report, settings, now))
     for credential_id in undecryptable:
         users = [str(i["id"]) for i in report["integrations"] if i["is_active"] and i.get("credential_id") == credential_id]
+        key = "EMSYNC_SECRET_KEY cannot decrypt" if settings.secret_key else "EMSYNC_SECRET_KEY is not set, so emsync cannot decrypt"
         problems.append(
             Problem(
                 "critical",
-                f"EMSYNC_SECRET_KEY cannot decrypt the tokens of credential {credential_id} (integrations {', '.join(users)}): "
+                f"{key} the tokens of credential {credential_id} (integrations {', '.join(users)}): "
                 "restore the key they were stored with, or reconnect the login",
             )
         )
