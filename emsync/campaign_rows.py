@@ -86,10 +86,21 @@ _STAGING = "emsync_metrics_in"
 
 def _upsert(conn, values: list[tuple]) -> None:
     """Insert or update ``values`` (``_driver_rows``) in ``campaign_metrics``, inside the caller's transaction."""
-    if conn.dialect.name == "postgresql" and len(values) >= COPY_THRESHOLD:
+    if conn.dialect.name == "postgresql" and len(values) >= COPY_THRESHOLD and _may_use_temporary_tables(conn):
         _copy_upsert(conn, values)
     else:
         conn.exec_driver_sql(_upsert_sql(conn), values)
+
+
+def _may_use_temporary_tables(conn) -> bool:
+    """Whether this role may create the staging table (the TEMP privilege: PostgreSQL grants it to every role unless
+    an administrator revoked it). Asked once per connection; without it, large writes are batched upserts too."""
+    info = conn.connection.info
+    allowed = info.get("emsync_temp_allowed")
+    if allowed is None:
+        allowed = bool(conn.exec_driver_sql("SELECT has_database_privilege(current_database(), 'TEMP')").scalar())
+        info["emsync_temp_allowed"] = allowed
+    return allowed
 
 
 def _copy_upsert(conn, values: list[tuple]) -> None:
@@ -99,7 +110,7 @@ def _copy_upsert(conn, values: list[tuple]) -> None:
     The staging table is a temporary table made once per connection (``IF NOT EXISTS``: a rolled-back transaction
     that made it leaves none, and the next write makes it again); ``ON COMMIT DELETE ROWS`` empties it in place
     at commit, without touching the catalogue. Temporary tables need the database's TEMP privilege, which
-    PostgreSQL grants to every role by default.
+    PostgreSQL grants to every role by default (``_may_use_temporary_tables``).
     """
     columns = ", ".join(_METRIC_COLUMNS)
     updates = ", ".join(f"{c} = excluded.{c}" for c in _METRIC_COLUMNS if c not in _KEY)

@@ -238,3 +238,46 @@ def _q6(value: Decimal) -> Decimal:
     from decimal import ROUND_HALF_UP
 
     return value.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_a_role_without_the_temp_privilege_still_writes_large_windows(cli, engine, db_url, pg_server, make_sandbox, monkeypatch):
+    # COPY needs a temporary staging table; an administrator may have revoked TEMP from PUBLIC. Then large windows
+    # are written as batched upserts instead of failing.
+    import os
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from emsync import campaign_rows
+
+    monkeypatch.setattr(campaign_rows, "COPY_THRESHOLD", 1)
+    admin = pg_server[0]
+    name = f"emsync_notemp_{os.getpid()}"
+    database = make_url(db_url).database
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {name} LOGIN NOSUPERUSER PASSWORD 'notemp'"))
+        conn.execute(text(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC'))
+        conn.execute(text(f'GRANT CONNECT ON DATABASE "{database}" TO {name}'))
+    owner = create_engine(db_url, isolation_level="AUTOCOMMIT")
+    with owner.connect() as conn:
+        conn.execute(text(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}"))
+        conn.execute(text(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {name}"))
+    try:
+        sb = make_sandbox({"meta_accounts": {"1": {"campaigns": 6}}})
+        integration_id = add_meta(cli, account="act_1")
+        monkeypatch.setenv(
+            "EMSYNC_DATABASE_URL", make_url(db_url).set(username=name, password="notemp").render_as_string(hide_password=False)
+        )
+        result = cli("sync-all")
+        assert result.code == 0, result.out + result.err
+        assert values(stored(engine, integration_id)) == quantized(expected(sb, "meta", "1"))
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :n"), {"n": name})
+            conn.execute(text(f'REVOKE ALL ON DATABASE "{database}" FROM {name}'))
+        with owner.connect() as conn:
+            conn.execute(text(f"DROP OWNED BY {name}"))
+        owner.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP ROLE IF EXISTS {name}"))
