@@ -86,32 +86,10 @@ def finish_run(
     )
 
 
-def record_attempt(
-    conn,
-    *,
-    run_id: int,
-    integration_id: int,
-    window: SyncWindow | None,
-    started_at: datetime,
-    finished_at: datetime,
-    status: str,
-    rows: int,
-    api_requests: int,
-    error: str | None,
-) -> None:
-    """One attempt's record (the run's own row is not touched: see ``heartbeat``)."""
-    row = attempt_row(
-        run_id=run_id,
-        integration_id=integration_id,
-        window=window,
-        started_at=started_at,
-        finished_at=finished_at,
-        status=status,
-        rows=rows,
-        api_requests=api_requests,
-        error=error,
-    )
-    conn.execute(statements.insert_into(attempts_t), row)
+def record_attempt(conn, **fields) -> None:
+    """One attempt's record, from ``attempt_row``'s keyword arguments (the run's own row is not touched: see
+    ``heartbeat``)."""
+    conn.execute(statements.insert_into(attempts_t), attempt_row(**fields))
 
 
 def attempt_row(

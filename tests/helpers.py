@@ -8,6 +8,9 @@ import pty
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -120,3 +123,34 @@ def on_terminal(*args: str) -> tuple[int, str]:
     proc.wait(timeout=60)
     os.close(primary)
     return proc.returncode, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(output).decode("utf-8", "replace"))
+
+
+@contextmanager
+def pg_role(pg_server, db_url: str, prefix: str, *, role_options: str = "", database_grant: str = "ALL") -> Iterator[tuple[str, str]]:
+    """A NOSUPERUSER login role on the test database (limits and privileges do not bind superusers): ``role_options``
+    added to CREATE ROLE (e.g. ``CONNECTION LIMIT 2``), ``database_grant`` on the database, every privilege on its
+    tables and sequences. Yields (name, URL); afterwards its sessions are ended and the role dropped."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    admin = pg_server[0]
+    name = f"{prefix}_{os.getpid()}_{int(time.time() * 1000) % 100000}"
+    database = make_url(db_url).database
+    owner = create_engine(db_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {name} LOGIN NOSUPERUSER PASSWORD 'role' {role_options}"))
+        conn.execute(text(f'GRANT {database_grant} ON DATABASE "{database}" TO {name}'))
+    with owner.connect() as conn:
+        conn.execute(text(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}"))
+        conn.execute(text(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {name}"))
+    try:
+        yield name, make_url(db_url).set(username=name, password="role").render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :n"), {"n": name})
+            conn.execute(text(f'REVOKE ALL ON DATABASE "{database}" FROM {name}'))
+        with owner.connect() as conn:
+            conn.execute(text(f"DROP OWNED BY {name}"))
+        owner.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP ROLE IF EXISTS {name}"))

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from emsync.sandbox.data import campaign_ids
 
 from .conftest import add_google, add_meta
-from .helpers import expected, integration, quantized, stored, values
+from .helpers import expected, integration, pg_role, quantized, stored, values
 
 pytestmark = pytest.mark.usefixtures("any_db")
 
@@ -244,40 +244,17 @@ def _q6(value: Decimal) -> Decimal:
 def test_a_role_without_the_temp_privilege_still_writes_large_windows(cli, engine, db_url, pg_server, make_sandbox, monkeypatch):
     # COPY needs a temporary staging table; an administrator may have revoked TEMP from PUBLIC. Then large windows
     # are written as batched upserts instead of failing.
-    import os
-
-    from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
     from emsync import campaign_rows
 
     monkeypatch.setattr(campaign_rows, "COPY_THRESHOLD", 1)
-    admin = pg_server[0]
-    name = f"emsync_notemp_{os.getpid()}"
-    database = make_url(db_url).database
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE ROLE {name} LOGIN NOSUPERUSER PASSWORD 'notemp'"))
-        conn.execute(text(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC'))
-        conn.execute(text(f'GRANT CONNECT ON DATABASE "{database}" TO {name}'))
-    owner = create_engine(db_url, isolation_level="AUTOCOMMIT")
-    with owner.connect() as conn:
-        conn.execute(text(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}"))
-        conn.execute(text(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {name}"))
-    try:
+    with pg_server[0].connect() as conn:
+        conn.execute(text(f'REVOKE TEMPORARY ON DATABASE "{make_url(db_url).database}" FROM PUBLIC'))
+    with pg_role(pg_server, db_url, "emsync_notemp", database_grant="CONNECT") as (_, role_url):
         sb = make_sandbox({"meta_accounts": {"1": {"campaigns": 6}}})
         integration_id = add_meta(cli, account="act_1")
-        monkeypatch.setenv(
-            "EMSYNC_DATABASE_URL", make_url(db_url).set(username=name, password="notemp").render_as_string(hide_password=False)
-        )
+        monkeypatch.setenv("EMSYNC_DATABASE_URL", role_url)
         result = cli("sync-all")
         assert result.code == 0, result.out + result.err
         assert values(stored(engine, integration_id)) == quantized(expected(sb, "meta", "1"))
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :n"), {"n": name})
-            conn.execute(text(f'REVOKE ALL ON DATABASE "{database}" FROM {name}'))
-        with owner.connect() as conn:
-            conn.execute(text(f"DROP OWNED BY {name}"))
-        owner.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP ROLE IF EXISTS {name}"))

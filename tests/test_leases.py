@@ -4,7 +4,6 @@ refused connections, the spread full window, and status at size."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -17,7 +16,7 @@ from emsync import db
 from emsync.sync import full_window_due
 
 from .conftest import TEST_KEY, add_google, add_meta
-from .helpers import integration, stored, values
+from .helpers import integration, pg_role, stored, values
 
 
 def _wait_for(predicate, seconds=60.0):
@@ -208,30 +207,8 @@ def test_connections_do_not_grow_with_concurrency(cli, db_url, make_sandbox, mon
 @pytest.fixture
 def limited_role(db_url, pg_server):
     """A NOSUPERUSER role with a connection limit (limits do not apply to superusers), owning nothing but allowed everything."""
-    from sqlalchemy.engine import make_url
-
-    admin, admin_url, _ = pg_server
-    name = f"emsync_limited_{os.getpid()}_{int(time.time() * 1000) % 100000}"
-    database = make_url(db_url).database
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE ROLE {name} LOGIN NOSUPERUSER PASSWORD 'limited' CONNECTION LIMIT 2"))
-        conn.execute(text(f'GRANT ALL ON DATABASE "{database}" TO {name}'))
-    owner = create_engine(db_url, isolation_level="AUTOCOMMIT")
-    with owner.connect() as conn:
-        conn.execute(text(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}"))
-        conn.execute(text(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {name}"))
-    owner.dispose()
-    url = make_url(db_url).set(username=name, password="limited").render_as_string(hide_password=False)
-    yield name, url
-    with admin.connect() as conn:
-        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :n"), {"n": name})
-        conn.execute(text(f'REVOKE ALL ON DATABASE "{database}" FROM {name}'))
-    owner = create_engine(db_url, isolation_level="AUTOCOMMIT")
-    with owner.connect() as conn:
-        conn.execute(text(f"DROP OWNED BY {name}"))
-    owner.dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP ROLE IF EXISTS {name}"))
+    with pg_role(pg_server, db_url, "emsync_limited", role_options="CONNECTION LIMIT 2") as role:
+        yield role
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
