@@ -65,16 +65,15 @@ _METRIC_COLUMNS = (
     "synced_at",
 )
 _KEY = ("integration_id", "campaign_id", "date")
+_ON_CONFLICT = f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in _METRIC_COLUMNS if c not in _KEY
+)
 
 
 def _upsert_sql(conn) -> str:
     """The dialect upsert (SQLite >= 3.24 and PostgreSQL share the ON CONFLICT syntax), in the driver's paramstyle."""
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    updates = ", ".join(f"{c} = excluded.{c}" for c in _METRIC_COLUMNS if c not in _KEY)
-    return (
-        f"INSERT INTO campaign_metrics ({', '.join(_METRIC_COLUMNS)}) VALUES ({', '.join([mark] * len(_METRIC_COLUMNS))}) "
-        f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {updates}"
-    )
+    return f"INSERT INTO campaign_metrics ({', '.join(_METRIC_COLUMNS)}) VALUES ({', '.join([mark] * len(_METRIC_COLUMNS))}) {_ON_CONFLICT}"
 
 
 # From this many rows a PostgreSQL write goes through COPY: measured on psycopg 3, COPY plus one INSERT … SELECT
@@ -113,7 +112,6 @@ def _copy_upsert(conn, values: list[tuple]) -> None:
     PostgreSQL grants to every role by default (``_may_use_temporary_tables``).
     """
     columns = ", ".join(_METRIC_COLUMNS)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in _METRIC_COLUMNS if c not in _KEY)
     cursor = conn.connection.driver_connection.cursor()
     try:
         cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (LIKE campaign_metrics INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
@@ -122,8 +120,7 @@ def _copy_upsert(conn, values: list[tuple]) -> None:
                 copy.write_row(row)
         cursor.execute(
             f"WITH moved AS (DELETE FROM {_STAGING} RETURNING {columns}) "
-            f"INSERT INTO campaign_metrics ({columns}) SELECT {columns} FROM moved "
-            f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {updates}"
+            f"INSERT INTO campaign_metrics ({columns}) SELECT {columns} FROM moved {_ON_CONFLICT}"
         )
     finally:
         cursor.close()

@@ -22,17 +22,26 @@ def select_by_id(table: Table):
 
 
 @functools.cache
-def _update_by_id(table: Table, columns: tuple[str, ...]):
-    return update(table).where(table.c.id == bindparam("row_id")).values({c: bindparam(f"v_{c}") for c in columns})
+def update_statement(table: Table, columns: tuple[str, ...], fenced_on: str | None = None):
+    """``UPDATE table SET <columns> WHERE id = :row_id [AND <fenced_on> = :fence]``: each column set from the
+    parameter ``v_<column>`` (``update_params`` builds them)."""
+    where = [table.c.id == bindparam("row_id")]
+    if fenced_on is not None:
+        where.append(table.c[fenced_on] == bindparam("fence"))
+    return update(table).where(*where).values({c: bindparam(f"v_{c}") for c in columns})
+
+
+def update_params(row_id: int, values: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The parameters of an ``update_statement`` setting ``values`` on row ``row_id`` (``extra``: e.g. ``fence``)."""
+    params = {f"v_{c}": v for c, v in values.items()}
+    params.update(row_id=row_id, **extra)
+    return params
 
 
 def update_by_id(conn, table: Table, row_id: int, values: dict[str, Any]) -> int:
     """``UPDATE table SET <values> WHERE id = row_id``, from a statement kept per table and set of columns.
     Returns the rows updated (0 or 1)."""
-    statement = _update_by_id(table, tuple(values))
-    params = {f"v_{c}": v for c, v in values.items()}
-    params["row_id"] = row_id
-    return conn.execute(statement, params).rowcount
+    return conn.execute(update_statement(table, tuple(values)), update_params(row_id, values)).rowcount
 
 
 @functools.cache

@@ -638,14 +638,13 @@ def record_success(
     values = _success_values(started_at, finished_at, full, warning)
     if lease_token is not None:
         values.update(lease_host=None, lease_pid=None, lease_token=None, lease_until=None)
-    params = {f"v_{c}": v for c, v in values.items()}
-    params.update(row_id=integration_id, fence=lease_token)
+    params = statements.update_params(integration_id, values, fence=lease_token)
+    fenced_on = None if lease_token is None else "lease_token"
     if conn.dialect.name == "postgresql":
         params.update({f"a_{c}": v for c, v in attempt.items()})
-        statement = _success_with_attempt(tuple(values), tuple(attempt), lease_token is not None)
-        return conn.execute(statement, params).rowcount == 1
+        return conn.execute(_success_with_attempt(tuple(values), tuple(attempt), fenced_on), params).rowcount == 1
     conn.execute(statements.insert_into(attempts_t), attempt)
-    return conn.execute(_success_update(tuple(values), lease_token is not None), params).rowcount == 1
+    return conn.execute(statements.update_statement(integrations_t, tuple(values), fenced_on), params).rowcount == 1
 
 
 def _success_values(started_at: datetime, finished_at: datetime, full: bool, warning: str | None) -> dict:
@@ -667,19 +666,10 @@ def _success_values(started_at: datetime, finished_at: datetime, full: bool, war
 
 
 @functools.cache
-def _success_update(columns: tuple[str, ...], fenced: bool):
-    """``UPDATE integrations SET <columns> WHERE id = :row_id [AND lease_token = :fence]``, built once (``statements``)."""
-    where = [integrations_t.c.id == bindparam("row_id")]
-    if fenced:
-        where.append(integrations_t.c.lease_token == bindparam("fence"))
-    return update(integrations_t).where(*where).values({c: bindparam(f"v_{c}") for c in columns})
-
-
-@functools.cache
-def _success_with_attempt(columns: tuple[str, ...], attempt_columns: tuple[str, ...], fenced: bool):
+def _success_with_attempt(columns: tuple[str, ...], attempt_columns: tuple[str, ...], fenced_on: str | None):
     """PostgreSQL: the attempt's INSERT as a data-modifying WITH of the success UPDATE."""
     attempt = insert(attempts_t).values({c: bindparam(f"a_{c}") for c in attempt_columns}).cte("attempt")
-    return _success_update(columns, fenced).add_cte(attempt)
+    return statements.update_statement(integrations_t, columns, fenced_on).add_cte(attempt)
 
 
 def mark_failure(
