@@ -278,6 +278,11 @@ class HttpClient:
         except requests.Timeout:
             self._check_cancelled()
             raise RetryableError(f"no answer within {self.timeout:g}s from {_host(url)}") from None
+        except requests.exceptions.ProxyError as exc:  # before ConnectionError, its base: name the proxy, not the API
+            self._check_cancelled()
+            raise RetryableError(
+                f"the proxy for {_host(url)} failed: {_reason(exc)} (check HTTPS_PROXY / HTTP_PROXY, or NO_PROXY)"
+            ) from None
         except requests.ConnectionError as exc:
             self._check_cancelled()  # the run's token aborted it: not a network failure to retry
             raise RetryableError(f"connection to {_host(url)} failed: {_reason(exc)}") from None

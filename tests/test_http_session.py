@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from emsync.http import new_session
+from emsync.errors import RetryableError
+from emsync.http import HttpClient, new_session
 
 
 def _closed_port() -> int:
@@ -43,3 +44,16 @@ def test_a_callers_own_proxies_win_over_the_environment(sandbox, monkeypatch):
     with pytest.raises(requests.exceptions.ProxyError):
         session.get(url, timeout=5, proxies={"http": f"http://127.0.0.1:{_closed_port()}"})
     session.close()
+
+
+def test_a_dead_proxy_is_named_as_the_proxy_not_as_the_api(sandbox, monkeypatch):
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, dead)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    api = HttpClient(new_session(2), timeout=5, attempts=1, max_wait=0)
+    with pytest.raises(RetryableError) as failure:
+        api.send("GET", f"{sandbox.url}/__sandbox/requests", classify=lambda response: response.json())
+    message = str(failure.value)
+    assert "proxy" in message and "HTTP_PROXY" in message and "NO_PROXY" in message, message
