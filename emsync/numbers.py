@@ -31,6 +31,17 @@ def api_decimal(value: object, source: str, what: str = "number") -> Decimal:
     return result
 
 
+def finite(value: Decimal, source: str, what: str = "number") -> Decimal:
+    """``value`` itself when it is a finite number (a typed decoder accepts "NaN" and "Infinity" as decimals).
+
+    Raises:
+        FatalApiError: the same message as ``api_decimal``'s.
+    """
+    if value.is_finite():
+        return value
+    raise FatalApiError(f"{source} returned a {what} emsync cannot read: {str(value)[:40]!r}")
+
+
 def api_int(value: object, source: str, what: str = "count") -> int:
     """A whole count (impressions, clicks) sent as a string or number; fractions are truncated as the APIs never send them."""
     return int(api_decimal(value, source, what))

@@ -12,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlsplit
 
 from ..domain import Account, AccountInfo, Credentials, Fetched, InsightRow, SyncWindow
@@ -23,10 +23,12 @@ from .base import CLOSED_ACCOUNT_RETRY, HttpConnector, issued_token, refuse_unas
 from .meta_insights import (
     EMPTY_PAGES_END,
     PAGE_SIZE,
+    decode_page,
     insights_params,
     page_cap,
     parse_row,
     pick_conversions,
+    read_page,
     throttle_delay,
     usage,
 )
@@ -128,29 +130,35 @@ class MetaConnector(HttpConnector):
             params["appsecret_proof"] = hmac.new(self.settings.meta_app_secret.encode(), token.encode(), hashlib.sha256).hexdigest()
         return params
 
-    def _get(self, account: Account, url: str, params: dict, token: str, *, report_run: str | None = None) -> dict:
+    def _get(self, account: Account, url: str, params: dict, token: str, *, report_run: str | None = None, decode=None) -> Any:
+        """GET with the token; the body as ``_classify`` reads it (``decode``: a typed decoder tried first)."""
         present = {k for k, _ in parse_qsl(urlsplit(url).query)}
         extra = {k: v for k, v in {**params, **self._auth(token)}.items() if k not in present}
-        return self.api.send("GET", url, params=extra, classify=lambda r: self._classify(r, account, report_run=report_run))
+        return self.api.send("GET", url, params=extra, classify=lambda r: self._classify(r, account, report_run=report_run, decode=decode))
 
-    def _classify(self, response, account: Account | None = None, *, report_run: str | None = None) -> dict:
-        """Status first (``http.read_body``), then Meta's error object; a success pauses when usage nears 100 %."""
-        body = read_body(response, SERVICE)
-        error = body.get("error") if isinstance(body, dict) else None
-        status = response.status_code
-        if status < 400 and not error:
+    def _classify(self, response, account: Account | None = None, *, report_run: str | None = None, decode=None) -> Any:
+        """Status first (``http.read_body``), then Meta's error object; a success pauses when usage nears 100 %.
+
+        ``decode`` (bytes → a typed body or None, e.g. ``decode_page``) reads a 200's body first; when it
+        answers None the body is read the general way, as a dict, and any error object in it is raised.
+        """
+        body = decode(response.content) if decode is not None and response.status_code == 200 else None
+        if body is None:
+            body = read_body(response, SERVICE)
+            error = body.get("error") if isinstance(body, dict) else None
+            if response.status_code >= 400 or error:
+                account = account or Account("meta", "?")
+                if not isinstance(error, dict):
+                    reconnect = NeedsReauth(f"Meta answered HTTP 401: the access token is not accepted. {self._reconnect(account)}")
+                    raise self.api.undescribed(response, SERVICE, unauthorized=reconnect)
+                self._raise(error, response, account, report_run)
             if not isinstance(body, dict):
                 raise FatalApiError("Meta answered with JSON emsync cannot read (not an object)")
-            pct, wait = usage(response.headers)
-            delay = throttle_delay(pct, wait, self.api.max_wait)
-            if delay:
-                self.api.pause(delay, f"Meta usage at {pct:.0f}%")
-            return body
-        account = account or Account("meta", "?")
-        if not isinstance(error, dict):
-            reconnect = NeedsReauth(f"Meta answered HTTP 401: the access token is not accepted. {self._reconnect(account)}")
-            raise self.api.undescribed(response, SERVICE, unauthorized=reconnect)
-        self._raise(error, response, account, report_run)
+        pct, wait = usage(response.headers)
+        delay = throttle_delay(pct, wait, self.api.max_wait)
+        if delay:
+            self.api.pause(delay, f"Meta usage at {pct:.0f}%")
+        return body
 
     def _raise(self, error: dict, response, account: Account, report_run: str | None) -> NoReturn:
         failure = GraphFailure.parse(error)
@@ -324,17 +332,13 @@ class MetaConnector(HttpConnector):
         campaigns: set[str] = set()
         seen: set[str] = set()
         pages = empty = largest = 0
-        body = self._get(account, url, params, token, report_run=report_run)
+        body = self._get(account, url, params, token, report_run=report_run, decode=decode_page)
         while True:
             pages += 1
-            data, paging = body.get("data") or [], body.get("paging") or {}
-            if not isinstance(data, list) or not isinstance(paging, dict):
-                raise FatalApiError("Meta returned an insights page whose data or paging emsync cannot read")
-            page = [parse_row(item, types, windows) for item in data]
+            page, next_url = read_page(body, types, windows)
             rows.extend(page)
             campaigns.update(r.campaign_id for r in page)
             largest = max(largest, len(page))
-            next_url = paging.get("next")
             if not next_url:
                 return Fetched(rows)
             empty = 0 if page else empty + 1
@@ -357,7 +361,7 @@ class MetaConnector(HttpConnector):
                 )
             seen.add(next_url)
             self._check_same_host(next_url)
-            body = self._get(account, next_url, {}, token, report_run=report_run)
+            body = self._get(account, next_url, {}, token, report_run=report_run, decode=decode_page)
 
     @staticmethod
     def _ended(rows: list[InsightRow], warning: str) -> Fetched:

@@ -219,12 +219,182 @@ def test_google_malformed_rows_are_a_clear_error(batches):
         {"data": ["x"]},
         {"data": [[1]]},
         {"data": [{"campaign_id": "1", "date_start": "2026-11-01", "spend": "x"}]},
+        {"data": [{"campaign_id": "1", "date_start": "2026-11-01", "spend": "NaN"}]},
+        {"data": [{"campaign_id": "1", "date_start": "2026-11-01", "spend": "null"}]},
+        {"data": [{"campaign_id": "1", "date_start": "2026-11-01", "date_stop": "null"}]},
+        {"data": [{"campaign_id": "1", "date_start": "2026-11-01", "date_stop": "2026-11-02"}]},
+        {"data": [{"campaign_id": "1", "date_start": "2026-11-01", "impressions": "null"}]},
+        {"data": [{"campaign_id": "1", "date_start": "2026-11-01", "actions": [{"action_type": "purchase", "value": "Infinity"}]}]},
+        {"data": [], "paging": "null"},
     ],
 )
 def test_meta_malformed_pages_are_a_clear_error(body, make_sandbox):
     connector = MetaConnector(_settings(), HttpClient(None, timeout=1, attempts=1, max_wait=0))
-    connector._get = lambda account, url, params, token, report_run=None: body
+    # the page goes through the classifier as a 200 would: the typed decoder first, then the general reading
+    connector._get = lambda account, url, params, token, report_run=None, decode=None: connector._classify(
+        FakeResponse(200, body), decode=decode
+    )
     with pytest.raises(FatalApiError):
         connector._pages(
             Account("meta", "1"), "http://x/v25.0/act_1/insights", {}, "token", SyncWindow(date(2026, 11, 1), date(2026, 11, 30), True)
         )
+
+
+def _numbers(ints: bool):
+    text = st.decimals(allow_nan=False, allow_infinity=False, places=2, min_value=-(10**9), max_value=10**9).map(str)
+    whole = st.integers(-(10**12), 10**12)
+    odd = st.sampled_from(["NaN", "Infinity", "-Infinity", "null", "", " 12", "1e3", "12.0", "1.5", "-0", "1_000", "x", "true"])
+    return text | whole.map(str) | whole | st.floats(allow_nan=False, allow_infinity=False) | odd | st.none() | st.booleans()
+
+
+_actions = st.lists(
+    st.fixed_dictionaries(
+        {"action_type": st.sampled_from([*TYPES, "link_click", "landing_page_view"])},
+        optional={"value": _numbers(False), "7d_click": _numbers(False), "1d_view": _numbers(False)},
+    )
+    | json_values,
+    max_size=4,
+)
+_page_rows = st.fixed_dictionaries(
+    {},
+    optional={
+        "campaign_id": st.sampled_from(["1", "23850071308731500"]) | st.integers(0, 10**17) | st.none(),
+        "date_start": st.sampled_from(["2026-11-01", "2026-11-02", "20261101", "null", "", None]),
+        "date_stop": st.sampled_from(["2026-11-01", "2026-11-02", "null", None]),
+        "campaign_name": st.text(max_size=12) | st.none() | st.integers() | st.just("null"),
+        "spend": _numbers(False),
+        "impressions": _numbers(True),
+        "clicks": _numbers(True),
+        "inline_link_clicks": _numbers(True),
+        "actions": _actions | json_values,
+        "action_values": _actions | json_values,
+    },
+)
+
+
+def _outcome(read):
+    try:
+        return read()
+    except FatalApiError as exc:
+        return ("refused", str(exc).lower())
+
+
+_money_text = st.decimals(allow_nan=False, allow_infinity=False, places=2, min_value=0, max_value=10**9).map(str)
+_count_text = st.integers(0, 10**12).map(str)
+_day = st.sampled_from(["2026-11-01", "2026-11-02"])
+_well_formed_actions = st.lists(
+    st.fixed_dictionaries(
+        {"action_type": st.sampled_from([*TYPES, "link_click"])},
+        optional={"value": _money_text, "7d_click": _count_text, "1d_view": _count_text},
+    ),
+    max_size=4,
+)
+_well_formed_rows = st.fixed_dictionaries(
+    {"campaign_id": st.sampled_from(["1", "23850071308731500"]), "date_start": _day},
+    optional={
+        "date_stop": _day,
+        "campaign_name": st.text(max_size=12),
+        "spend": _money_text,
+        "impressions": _count_text,
+        "clicks": _count_text,
+        "inline_link_clicks": _count_text,
+        "actions": _well_formed_actions,
+        "action_values": _well_formed_actions,
+    },
+)
+
+
+@given(
+    st.lists(_well_formed_rows, max_size=6) | st.lists(_page_rows, max_size=4),
+    st.sampled_from(
+        [{}, {"next": "https://graph.facebook.com/v25.0/act_1/insights?after=x"}, {"next": None}, {"next": ""}, None, "null", []]
+    ),
+    st.sampled_from([(), ("7d_click", "1d_view")]),
+)
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_meta_typed_page_reading_gives_the_general_readings_rows(data, paging, windows):
+    """Meta pages are read by a typed decoder first (emsync.connectors.meta_insights.decode_page); whatever it accepts
+    must give exactly the rows, next link and refusals of the general reading (json + parse_row)."""
+    from emsync.connectors.meta_insights import decode_page, read_page
+
+    body = {"data": data} if paging is None else {"data": data, "paging": paging}
+    raw = json.dumps(body).encode()
+    general = _outcome(lambda: read_page(json.loads(raw), TYPES, windows))
+    typed = _outcome(lambda: read_page(decode_page(raw) or json.loads(raw), TYPES, windows))
+    assert typed == general
+
+
+_google_results = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "campaign": st.fixed_dictionaries(
+                {},
+                optional={
+                    "id": st.sampled_from(["1", "17"]) | st.integers(0, 99) | st.none(),
+                    "name": st.text(max_size=8) | st.none() | st.integers() | st.just("null"),
+                    "status": st.sampled_from(["ENABLED", "PAUSED", "REMOVED"]) | json_values,
+                },
+            )
+            | json_values,
+            "segments": st.fixed_dictionaries({}, optional={"date": st.sampled_from(["2026-11-01", "20261101", "null", "", None])}),
+            "metrics": st.fixed_dictionaries(
+                {},
+                optional={
+                    k: _numbers(k in ("impressions", "clicks"))
+                    for k in ("costMicros", "impressions", "clicks", "conversions", "conversionsValue")
+                },
+            )
+            | st.none()
+            | json_values,
+        },
+    ),
+    max_size=4,
+)
+_batches = st.lists(
+    st.fixed_dictionaries({}, optional={"results": _google_results | st.none(), "error": json_values, "fieldMask": st.just("campaign.id")}),
+    max_size=3,
+)
+_well_formed_results = st.lists(
+    st.fixed_dictionaries(
+        {
+            "campaign": st.fixed_dictionaries(
+                {"id": st.sampled_from(["1", "17"])},
+                optional={"name": st.text(max_size=8), "status": st.sampled_from(["ENABLED", "PAUSED", "REMOVED"])},
+            ),
+            "segments": st.fixed_dictionaries({"date": _day}),
+        },
+        optional={
+            "metrics": st.fixed_dictionaries(
+                {},
+                optional={
+                    "costMicros": _count_text,
+                    "impressions": _count_text,
+                    "clicks": _count_text,
+                    "conversions": st.floats(0, 1e6) | st.integers(0, 10**6),
+                    "conversionsValue": st.floats(0, 1e9),
+                },
+            )
+        },
+    ),
+    max_size=6,
+)
+
+
+@given(st.lists(st.fixed_dictionaries({"results": _well_formed_results}), max_size=3) | _batches | json_values)
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_google_typed_stream_reading_gives_the_general_readings_rows(body):
+    """The metrics searchStream is read by a typed decoder first (emsync.connectors.google.decode_stream); whatever it
+    accepts must give exactly the rows, statuses and refusals of the general reading."""
+    from emsync.connectors.google import _parse, decode_stream
+
+    connector = GoogleConnector(_settings(), HttpClient(None, timeout=1, attempts=1, max_wait=0))
+    account = Account("google", "1234567890")
+
+    def read(decode):
+        try:
+            return _parse(connector._classify(FakeResponse(200, body), account, decode))
+        except ApiError as exc:
+            return ("refused", type(exc).__name__, str(exc).lower())
+
+    assert read(decode_stream) == read(None)
