@@ -54,6 +54,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import access, budget, campaign_rows, keys, ledger, runs, store
 from .clock import SYSTEM_CLOCK, Clock
+from .collector import fewer_collections
 from .config import Settings
 from .connectors.base import side_step_warning
 from .db import describe_error, make_engine, write_transaction
@@ -425,6 +426,7 @@ class Syncer:
             with (
                 self._heartbeat_engine() as beat_db,
                 Heartbeat(beat_db, result.run_id, locker, self.clock),
+                fewer_collections(),
                 ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="sync") as pool,
             ):
                 futures = [pool.submit(self._sync_one, item, result, options, locker, session, fresh_after) for item in due]

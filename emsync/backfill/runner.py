@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .. import access, campaign_rows, keys, ledger, store
 from ..clock import SYSTEM_CLOCK, Clock
+from ..collector import fewer_collections
 from ..config import Settings
 from ..crypto import TokenBox
 from ..db import write_transaction
@@ -163,7 +164,7 @@ class Backfiller:
         return targets, skipped
 
     def _pass(self, todo, options: BackfillOptions, session) -> None:
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="backfill") as pool:
+        with fewer_collections(), ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="backfill") as pool:
             for future in [pool.submit(self._one, item, state, options, session) for item, state in todo]:
                 future.result()
 

@@ -56,13 +56,13 @@ def parse_rows(batches) -> list[InsightRow]:
 # (int64 arrive as strings) would read the string "null" as null there, where the general reading refuses it.
 
 
-class _Campaign(msgspec.Struct):
+class _Campaign(msgspec.Struct, gc=False):
     id: str
     name: str | None = None
     status: Any = None
 
 
-class _Metrics(msgspec.Struct):
+class _Metrics(msgspec.Struct, gc=False):
     """Named as the API names them (camelCase in REST JSON)."""
 
     costMicros: Decimal = ZERO
@@ -72,17 +72,17 @@ class _Metrics(msgspec.Struct):
     conversionsValue: Decimal = ZERO
 
 
-class _Segments(msgspec.Struct):
+class _Segments(msgspec.Struct, gc=False):
     date: date
 
 
-class _Result(msgspec.Struct):
+class _Result(msgspec.Struct, gc=False):
     campaign: _Campaign
     segments: _Segments
     metrics: _Metrics | msgspec.UnsetType = msgspec.UNSET
 
 
-class _Batch(msgspec.Struct):
+class _Batch(msgspec.Struct, gc=False):
     results: list[_Result] | msgspec.UnsetType = msgspec.UNSET
     error: Any = None
 

@@ -205,11 +205,11 @@ def _one_day(campaign_id: str, day: date, last: date) -> None:
 # ---------------------------------------------------------------- one page
 
 
-class _Paging(msgspec.Struct):
+class _Paging(msgspec.Struct, gc=False):
     next: str | None = None
 
 
-class _Row(msgspec.Struct):
+class _Row(msgspec.Struct, gc=False):
     """An insights row in the shape Meta documents: ids, names and dates as strings, money as decimal strings
     ("12.34"), counts as integer strings. Absent numbers are 0, as ``parse_row`` reads them. No ``| None`` but on
     strings: the lenient decoder reads the string "null" as null for other types, where ``parse_row`` refuses it."""
@@ -226,7 +226,7 @@ class _Row(msgspec.Struct):
     action_values: Any = None
 
 
-class InsightsPage(msgspec.Struct):
+class InsightsPage(msgspec.Struct, gc=False):
     """One insights page as the typed decoder reads it (``decode_page``)."""
 
     data: list[_Row]
