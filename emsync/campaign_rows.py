@@ -104,6 +104,30 @@ def _may_use_temporary_tables(conn) -> bool:
     return allowed
 
 
+# Copied per row; integration_id, currency and synced_at are the same for every row of a write, so they are
+# given once, as parameters of the INSERT … SELECT (a timestamptz is the costliest value to format for COPY:
+# a third less client CPU per row without these three).
+_COPIED = _METRIC_COLUMNS[1:13]
+assert _METRIC_COLUMNS[0] == "integration_id" and _METRIC_COLUMNS[13:] == ("currency", "synced_at")
+
+
+@functools.cache
+def _copy_statements() -> tuple[str, str, str]:
+    """The staging table (its columns typed as ``campaign_metrics``'s, from the model), the COPY, the move."""
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()
+    typed = ", ".join(f"{c} {metrics_t.c[c].type.compile(dialect=dialect)}" for c in _COPIED)
+    copied = ", ".join(_COPIED)
+    return (
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} ({typed}) ON COMMIT DELETE ROWS",
+        f"COPY {_STAGING} ({copied}) FROM STDIN",
+        f"WITH moved AS (DELETE FROM {_STAGING} RETURNING {copied}) INSERT INTO campaign_metrics ({', '.join(_METRIC_COLUMNS)}) "
+        f"SELECT %s::{metrics_t.c.integration_id.type.compile(dialect=dialect)}, {copied}, "
+        f"%s::text, %s::timestamptz FROM moved {_ON_CONFLICT}",  # text: an over-long value fails as the upsert's would
+    )
+
+
 def _copy_upsert(conn, values: list[tuple]) -> None:
     """PostgreSQL, many rows: ``COPY`` into this session's staging table, then one statement moves them (``DELETE …
     RETURNING`` into ``INSERT … ON CONFLICT``), so the staging table is empty again within the transaction.
@@ -111,19 +135,18 @@ def _copy_upsert(conn, values: list[tuple]) -> None:
     The staging table is a temporary table made once per connection (``IF NOT EXISTS``: a rolled-back transaction
     that made it leaves none, and the next write makes it again); ``ON COMMIT DELETE ROWS`` empties it in place
     at commit, without touching the catalogue. Temporary tables need the database's TEMP privilege, which
-    PostgreSQL grants to every role by default (``_may_use_temporary_tables``).
+    PostgreSQL grants to every role by default (``_may_use_temporary_tables``). ``values`` are one integration's
+    (``_driver_rows``): the same integration, currency and ``synced_at`` on every row.
     """
-    columns = ", ".join(_METRIC_COLUMNS)
+    create, copy_in, move = _copy_statements()
+    first = values[0]
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (LIKE campaign_metrics INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-        with cursor.copy(f"COPY {_STAGING} ({columns}) FROM STDIN") as copy:
+        cursor.execute(create)
+        with cursor.copy(copy_in) as copy:
             for row in values:
-                copy.write_row(row)
-        cursor.execute(
-            f"WITH moved AS (DELETE FROM {_STAGING} RETURNING {columns}) "
-            f"INSERT INTO campaign_metrics ({columns}) SELECT {columns} FROM moved {_ON_CONFLICT}"
-        )
+                copy.write_row(row[1:13])
+        cursor.execute(move, (first[0], first[13], first[14]))
     finally:
         cursor.close()
 
