@@ -594,15 +594,15 @@ def save_tokens(conn, box: TokenBox, credential_id: int, creds: Credentials) -> 
     Only a token that changed is encrypted again: during a key rotation a host with ``new,old`` then never
     re-encrypts, with the new key, a token that a host still holding only ``old`` must read.
     """
-    stored = conn.execute(
-        select(credentials_t.c.access_token_enc, credentials_t.c.cached_access_token_enc).where(credentials_t.c.id == credential_id)
-    ).first()
+    c = credentials_t.c
+    stored = conn.execute(select(c.access_token_enc, c.cached_access_token_enc, c.token_expires_at).where(c.id == credential_id)).first()
     values: dict = dict(
-        token_expires_at=creds.token_expires_at,
         cached_access_token_expires_at=creds.cached_access_token_expires_at,
         data_access_expires_at=creds.data_access_expires_at,
         token_checked_at=creds.token_checked_at,
     )
+    if stored is None or stored.token_expires_at != creds.token_expires_at:
+        values["token_expires_at"] = creds.token_expires_at  # copied to the integrations only when it changed
     for column, token in (("access_token_enc", creds.access_token), ("cached_access_token_enc", creds.cached_access_token)):
         if stored is None or not _holds(box, stored._mapping[column], token):
             values[column] = box.encrypt(token)
