@@ -230,7 +230,9 @@ def test_every_write_path_stores_the_exact_window_updates_and_deletes(cli, engin
         assert ctr == (None if not row.impressions else _q6(Decimal(row.clicks) * 100 / Decimal(row.impressions)))
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
-            staged = conn.execute(text("SELECT count(*) FROM pg_tables WHERE tablename = 'emsync_metrics_in'")).scalar()
+            staged = conn.execute(
+                text("SELECT count(*) FROM pg_tables WHERE tablename = 'emsync_metrics_in' AND schemaname NOT LIKE 'pg_temp%'")
+            ).scalar()
             assert staged == 0, "the staging table is temporary: no ordinary table left behind"
 
 
