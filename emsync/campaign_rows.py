@@ -12,7 +12,7 @@ import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from sqlalchemy import bindparam, delete, func, select
 
@@ -140,15 +140,29 @@ def _copy_upsert(conn, values: list[tuple]) -> None:
     """
     create, copy_in, move = _copy_statements()
     first = values[0]
+    conn.exec_driver_sql(create)
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.execute(create)
         with cursor.copy(copy_in) as copy:
             for row in values:
                 copy.write_row(row[1:13])
-        cursor.execute(move, (first[0], first[13], first[14]))
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _as_statement_error(conn, cursor, copy_in, exc) from None
     finally:
         cursor.close()
+    conn.exec_driver_sql(move, (first[0], first[13], first[14]))
+
+
+def _as_statement_error(conn, cursor, statement: str, exc: Exception) -> Exception:
+    """A driver error of the COPY (which goes to psycopg's cursor directly) as SQLAlchemy reports a statement's:
+    wrapped in ``DBAPIError`` (so it reads "database error: …" in one line, never the driver's CONTEXT with row
+    data), and a lost connection invalidated so the pool does not hand it out again."""
+    from sqlalchemy.exc import DBAPIError
+
+    lost = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
+    if lost:
+        conn.invalidate(exc)
+    return DBAPIError.instance(statement, None, exc, conn.dialect.loaded_dbapi.Error, connection_invalidated=lost, dialect=conn.dialect)
 
 
 def _driver_rows(
@@ -180,11 +194,15 @@ def _driver_rows(
     quantize, six, half_up, limit = Decimal.quantize, SIX_PLACES, ROUND_HALF_UP, NUMERIC_LIMIT
     for row in rows:
         # _q and _ratio written out: this loop runs once per stored row (a quarter of a million in a full agency run)
-        spend, conversions, revenue = (
-            quantize(row.spend, six, half_up),
-            quantize(row.conversions, six, half_up),
-            quantize(row.revenue, six, half_up),
-        )
+        try:
+            spend, conversions, revenue = (
+                quantize(row.spend, six, half_up),
+                quantize(row.conversions, six, half_up),
+                quantize(row.revenue, six, half_up),
+            )
+        except InvalidOperation:  # beyond 28 significant digits at six places: far beyond NUMERIC(18, 6)
+            _refuse_beyond_numeric(row, row.spend, row.conversions, row.revenue)
+            raise
         if abs(spend) >= limit or abs(conversions) >= limit or abs(revenue) >= limit:
             _refuse_beyond_numeric(row, spend, conversions, revenue)
         impressions, link_clicks = row.impressions, row.link_clicks

@@ -7,6 +7,7 @@ fails that integration with a ``FatalApiError`` naming what could not be read.
 
 from __future__ import annotations
 
+import sys
 from decimal import Decimal, InvalidOperation
 
 from .errors import FatalApiError
@@ -31,13 +32,23 @@ def api_decimal(value: object, source: str, what: str = "number") -> Decimal:
     return result
 
 
+# The general reading (``json``) takes a JSON number through float: beyond a double's range it is infinite there.
+DOUBLE_MAX = Decimal(sys.float_info.max)
+
+
+def readable(value: Decimal) -> bool:
+    """Whether a typed decoder's Decimal is a number the general reading takes too: finite (the decoder accepts
+    "NaN" and "Infinity") and within a double's range (it reads the JSON number 1e400 exactly)."""
+    return value.is_finite() and -DOUBLE_MAX <= value <= DOUBLE_MAX
+
+
 def finite(value: Decimal, source: str, what: str = "number") -> Decimal:
-    """``value`` itself when it is a finite number (a typed decoder accepts "NaN" and "Infinity" as decimals).
+    """``value`` itself when ``readable``.
 
     Raises:
         FatalApiError: the same message as ``api_decimal``'s.
     """
-    if value.is_finite():
+    if readable(value):
         return value
     raise FatalApiError(f"{source} returned a {what} emsync cannot read: {str(value)[:40]!r}")
 

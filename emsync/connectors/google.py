@@ -14,7 +14,7 @@ import msgspec
 from ..domain import Account, AccountInfo, Credentials, Fetched, InsightRow, SyncWindow, account_label
 from ..errors import AccountClosed, ApiError, FatalApiError, NeedsReauth, RetryableError
 from ..http import HttpClient, Service, read_body
-from ..numbers import ZERO, api_decimal, api_int, finite
+from ..numbers import ZERO, api_decimal, api_int, finite, readable
 from ..redaction import redact, register_secret
 from .base import CLOSED_ACCOUNT_RETRY, HttpConnector, issued_token, refuse_unasked_rows, side_step_warning
 
@@ -110,11 +110,11 @@ def _parse_typed(batch: _Batch, rows: list[InsightRow], statuses: dict[str, str]
                 campaign.id,
                 result.segments.date,
                 campaign.name,
-                (cost if cost.is_finite() else finite(cost, "Google Ads", "cost")) / MICROS,
+                (cost if readable(cost) else finite(cost, "Google Ads", "cost")) / MICROS,
                 metrics.impressions,
                 metrics.clicks,
-                conversions if conversions.is_finite() else finite(conversions, "Google Ads", "conversion count"),
-                value if value.is_finite() else finite(value, "Google Ads", "conversion value"),
+                conversions if readable(conversions) else finite(conversions, "Google Ads", "conversion count"),
+                value if readable(value) else finite(value, "Google Ads", "conversion value"),
                 metrics.clicks,
             )
         )

@@ -22,7 +22,7 @@ import msgspec
 
 from ..domain import InsightRow, SyncWindow
 from ..errors import FatalApiError
-from ..numbers import ZERO, api_decimal, api_int, finite
+from ..numbers import ZERO, api_decimal, api_int, finite, readable
 
 FIELDS = "campaign_id,campaign_name,spend,impressions,clicks,inline_link_clicks,actions,action_values"
 PAGE_SIZE = 500
@@ -274,7 +274,7 @@ def read_page(body: InsightsPage | dict, types: tuple[str, ...], windows: tuple[
                 r.campaign_id,
                 day,
                 r.campaign_name,
-                r.spend if r.spend.is_finite() else finite(r.spend, "Meta", "spend"),
+                r.spend if readable(r.spend) else finite(r.spend, "Meta", "spend"),
                 r.impressions,
                 r.clicks,
                 conversions,

@@ -398,3 +398,61 @@ def test_google_typed_stream_reading_gives_the_general_readings_rows(body):
             return ("refused", type(exc).__name__, str(exc).lower())
 
     assert read(decode_stream) == read(None)
+
+
+@pytest.mark.parametrize(
+    "raw, read",
+    [
+        (b'{"data": [{"campaign_id": "1", "date_start": "2026-11-01", "spend": 1e400}]}', "meta"),
+        (b'{"data": [{"campaign_id": "1", "date_start": "2026-11-01", "spend": -1e400}]}', "meta"),
+        (b'{"data": [{"campaign_id": "1", "date_start": "2026-11-01", "impressions": 1e400}]}', "meta"),
+        (b'[{"results": [{"campaign": {"id": "1"}, "segments": {"date": "2026-11-01"}, "metrics": {"costMicros": 1e400}}]}]', "google"),
+        (b'[{"results": [{"campaign": {"id": "1"}, "segments": {"date": "2026-11-01"}, "metrics": {"conversions": -1e400}}]}]', "google"),
+    ],
+)
+def test_json_numbers_beyond_a_double_are_refused_by_both_readings(raw, read):
+    """The general reading takes a JSON number through float (1e400 is infinite there, and refused); the typed decoder
+    reads it exactly, so it must refuse what is beyond a double too, not hand 1E+400 to the writer."""
+    from emsync.connectors.google import _parse, decode_stream
+    from emsync.connectors.meta_insights import decode_page, read_page
+
+    def outcome(typed: bool):
+        try:
+            if read == "meta":
+                return read_page((decode_page(raw) if typed else None) or json.loads(raw), TYPES)
+            return _parse((decode_stream(raw) if typed else None) or json.loads(raw))
+        except FatalApiError as exc:
+            return ("refused", "cannot read" in str(exc))
+
+    assert outcome(typed=True) == outcome(typed=False) == ("refused", True)
+
+
+@pytest.mark.parametrize("spend", [Decimal("1e12"), Decimal("999999999999.9999999"), Decimal("1e22"), Decimal("-1e30"), Decimal("1e400")])
+def test_values_beyond_numeric_18_6_are_refused_in_words_and_nothing_is_written(window_engine, spend):
+    day = date(2026, 11, 1)
+    rows = [InsightRow("big", day, None, spend, 1, 1, Decimal(0), Decimal(0))]
+    with pytest.raises(FatalApiError, match=r"beyond what emsync stores \(NUMERIC\(18,6\)\)"):
+        with window_engine.begin() as conn:
+            campaign_rows.replace_window(conn, 1, SyncWindow(day, day, True), Fetched(rows), "PLN", datetime.now(UTC))
+    with window_engine.connect() as conn:
+        assert [r for r in campaign_rows.metric_rows(conn, 1) if r["campaign_id"] == "big"] == []
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_a_copy_the_database_refuses_is_one_line_in_words_and_the_connection_stays_usable(window_engine, monkeypatch):
+    """COPY goes to psycopg's cursor directly; its errors must read like any statement's ("database error: …", one
+    line, no CONTEXT line with row data or the staging table's name)."""
+    from emsync.sync import describe_failure
+
+    monkeypatch.setattr(campaign_rows, "COPY_THRESHOLD", 1)
+    day = date(2026, 11, 1)
+    window = SyncWindow(day, day, True)
+    rows = [InsightRow(f"long{i}", day, "x" * 600, Decimal(1), 1, 1, Decimal(0), Decimal(0)) for i in range(12)]
+    with pytest.raises(Exception) as caught:
+        with window_engine.begin() as conn:
+            campaign_rows.replace_window(conn, 1, window, Fetched(rows), "PLN", datetime.now(UTC))
+    said = describe_failure(caught.value)
+    assert said == "database error: value too long for type character varying(500)", said
+    ok = [InsightRow(f"ok{i}", day, "fine", Decimal(1), 1, 1, Decimal(0), Decimal(0)) for i in range(12)]
+    with window_engine.begin() as conn:
+        assert campaign_rows.replace_window(conn, 1, window, Fetched(ok), "PLN", datetime.now(UTC)).rows == 12
