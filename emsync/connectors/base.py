@@ -55,6 +55,17 @@ def side_step_warning(what: str, exc: ApiError, consequence: str) -> str:
     return text
 
 
+def campaign_id_text(value: object) -> str:
+    """A row's campaign id as text (Meta ``campaign_id``, Google ``campaign.id``).
+
+    Raises:
+        ValueError: null or "": no id (never stored as the campaign "None"); the parsers refuse the row.
+    """
+    if value is None or value == "":
+        raise ValueError("no campaign id")
+    return str(value)
+
+
 def refuse_unasked_rows(rows: Iterable[InsightRow], window: SyncWindow, service: str) -> None:
     """Refuse an answer with a row dated outside the requested window: it does not answer the query, so
     storing it (or deleting because of it) would be a guess.

@@ -16,7 +16,7 @@ from ..errors import AccountClosed, ApiError, FatalApiError, NeedsReauth, Retrya
 from ..http import HttpClient, Service, read_body
 from ..numbers import ZERO, api_decimal, api_int, finite, readable
 from ..redaction import redact, register_secret
-from .base import CLOSED_ACCOUNT_RETRY, HttpConnector, issued_token, refuse_unasked_rows, side_step_warning
+from .base import CLOSED_ACCOUNT_RETRY, HttpConnector, campaign_id_text, issued_token, refuse_unasked_rows, side_step_warning
 
 log = logging.getLogger("emsync")
 
@@ -104,6 +104,8 @@ def decode_stream(raw: bytes) -> list | None:
 def _parse_typed(batch: _Batch, rows: list[InsightRow], statuses: dict[str, str]) -> None:
     for result in batch.results or ():
         campaign, metrics = result.campaign, result.metrics or _NO_METRICS
+        if not campaign.id:
+            raise _no_id_or_date()
         cost, conversions, value = metrics.costMicros, metrics.conversions, metrics.conversionsValue
         rows.append(
             InsightRow(
@@ -122,6 +124,10 @@ def _parse_typed(batch: _Batch, rows: list[InsightRow], statuses: dict[str, str]
             statuses[campaign.id] = campaign.status
 
 
+def _no_id_or_date() -> FatalApiError:
+    return FatalApiError("Google Ads returned a row without campaign.id or segments.date")
+
+
 def _parse(batches) -> tuple[list[InsightRow], dict[str, str]]:
     """Rows and campaign statuses from batches: ``decode_stream``'s typed ones or generally decoded dicts."""
     rows: list[InsightRow] = []
@@ -136,11 +142,11 @@ def _parse(batches) -> tuple[list[InsightRow], dict[str, str]]:
         for result in results:
             try:
                 campaign, metrics, segments = (result.get(k) or {} for k in ("campaign", "metrics", "segments"))
-                campaign_id = str(campaign["id"])
+                campaign_id = campaign_id_text(campaign["id"])
                 day = date.fromisoformat(str(segments["date"]))
                 metrics.get  # noqa: B018 - must be an object
             except (AttributeError, KeyError, ValueError, TypeError):
-                raise FatalApiError("Google Ads returned a row without campaign.id or segments.date") from None
+                raise _no_id_or_date() from None
             clicks = api_int(metrics.get("clicks"), "Google Ads", "click count")
             rows.append(
                 InsightRow(

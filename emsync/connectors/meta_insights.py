@@ -23,6 +23,7 @@ import msgspec
 from ..domain import InsightRow, SyncWindow
 from ..errors import FatalApiError
 from ..numbers import ZERO, api_decimal, api_int, finite, readable
+from .base import campaign_id_text
 
 FIELDS = "campaign_id,campaign_name,spend,impressions,clicks,inline_link_clicks,actions,action_values"
 PAGE_SIZE = 500
@@ -171,14 +172,12 @@ def parse_row(item: dict, types: tuple[str, ...], windows: tuple[str, ...] = ())
         FatalApiError: no campaign id or date, or a row spanning several days (it is not one day's figures).
     """
     try:
-        campaign_id = str(item["campaign_id"])
+        campaign_id = campaign_id_text(item["campaign_id"])
         day = date.fromisoformat(str(item["date_start"]))
         stop = item.get("date_stop")
         last = day if stop is None else date.fromisoformat(str(stop))
     except (AttributeError, KeyError, ValueError, TypeError):
-        raise FatalApiError(
-            "Meta returned an insights row without campaign_id or date_start; refused the answer, nothing was changed"
-        ) from None
+        raise _no_id_or_date() from None
     _one_day(campaign_id, day, last)
     conversions, revenue = pick_conversions(item.get("actions"), item.get("action_values"), types, windows)
     return InsightRow(
@@ -192,6 +191,10 @@ def parse_row(item: dict, types: tuple[str, ...], windows: tuple[str, ...] = ())
         revenue=revenue,
         link_clicks=api_int(item.get("inline_link_clicks"), "Meta", "link click count"),
     )
+
+
+def _no_id_or_date() -> FatalApiError:
+    return FatalApiError("Meta returned an insights row without campaign_id or date_start; refused the answer, nothing was changed")
 
 
 def _one_day(campaign_id: str, day: date, last: date) -> None:
@@ -262,6 +265,8 @@ def read_page(body: InsightsPage | dict, types: tuple[str, ...], windows: tuple[
     rows: list[InsightRow] = []
     append = rows.append
     for r in body.data:
+        if not r.campaign_id:
+            raise _no_id_or_date()
         day = r.date_start
         if r.date_stop is not msgspec.UNSET and r.date_stop != day:
             _one_day(r.campaign_id, day, r.date_stop)

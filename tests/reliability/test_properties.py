@@ -258,7 +258,7 @@ _actions = st.lists(
 _page_rows = st.fixed_dictionaries(
     {},
     optional={
-        "campaign_id": st.sampled_from(["1", "23850071308731500"]) | st.integers(0, 10**17) | st.none(),
+        "campaign_id": st.sampled_from(["1", "23850071308731500", ""]) | st.integers(0, 10**17) | st.none(),
         "date_start": st.sampled_from(["2026-11-01", "2026-11-02", "20261101", "null", "", None]),
         "date_stop": st.sampled_from(["2026-11-01", "2026-11-02", "null", None]),
         "campaign_name": st.text(max_size=12) | st.none() | st.integers() | st.just("null"),
@@ -290,7 +290,7 @@ _well_formed_actions = st.lists(
     max_size=4,
 )
 _well_formed_rows = st.fixed_dictionaries(
-    {"campaign_id": st.sampled_from(["1", "23850071308731500"]), "date_start": _day},
+    {"campaign_id": st.sampled_from(["1", "23850071308731500", ""]), "date_start": _day},  # "": no id, refused
     optional={
         "date_stop": _day,
         "campaign_name": st.text(max_size=12),
@@ -331,7 +331,7 @@ _google_results = st.lists(
             "campaign": st.fixed_dictionaries(
                 {},
                 optional={
-                    "id": st.sampled_from(["1", "17"]) | st.integers(0, 99) | st.none(),
+                    "id": st.sampled_from(["1", "17", ""]) | st.integers(0, 99) | st.none(),
                     "name": st.text(max_size=8) | st.none() | st.integers() | st.just("null"),
                     "status": st.sampled_from(["ENABLED", "PAUSED", "REMOVED"]) | json_values,
                 },
@@ -359,7 +359,7 @@ _well_formed_results = st.lists(
     st.fixed_dictionaries(
         {
             "campaign": st.fixed_dictionaries(
-                {"id": st.sampled_from(["1", "17"])},
+                {"id": st.sampled_from(["1", "17", ""])},  # "": no id, refused
                 optional={"name": st.text(max_size=8), "status": st.sampled_from(["ENABLED", "PAUSED", "REMOVED"])},
             ),
             "segments": st.fixed_dictionaries({"date": _day}),
