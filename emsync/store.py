@@ -358,12 +358,13 @@ def reset_integration(conn, integration_id: int) -> tuple[dict, dict]:
     return before, get_integration(conn, integration_id)
 
 
+def account_values(*, currency: str | None, time_zone: str | None, name: str | None, now: datetime) -> dict:
+    """The integration's columns for what the platform says about its account (``AccountInfo``)."""
+    return dict(currency=currency, time_zone=time_zone, account_name=name, updated_at=now)
+
+
 def save_account_info(conn, integration_id: int, *, currency: str | None, time_zone: str | None, name: str | None, now: datetime) -> None:
-    conn.execute(
-        update(integrations_t)
-        .where(integrations_t.c.id == integration_id)
-        .values(currency=currency, time_zone=time_zone, account_name=name, updated_at=now)
-    )
+    statements.update_by_id(conn, integrations_t, integration_id, account_values(currency=currency, time_zone=time_zone, name=name, now=now))
 
 
 # ---------------------------------------------------------------- credentials
@@ -625,17 +626,21 @@ def record_success(
     full: bool,
     warning: str | None = None,
     lease_token: str | None = None,
+    account: dict | None = None,
 ) -> bool:
     """A successful attempt's last step inside its write transaction: its ``sync_attempts`` row (``attempt``: that
     table's columns), the integration ``ok`` as ``mark_success`` leaves it and, with ``lease_token``, its lease
     released — the update made only while the lease is still that token's (the fence: a process that stalled past
-    the lease's expiry must not overwrite a newer window).
+    the lease's expiry must not overwrite a newer window). ``account``: ``account_values`` learnt by this attempt,
+    set by the same update.
 
     PostgreSQL: one statement (``WITH attempt AS (INSERT …) UPDATE integrations …``), one round trip instead of
     three; elsewhere two. Returns False when ``lease_token`` no longer holds the lease: nothing is updated and the
     caller must roll back (the attempt row goes with it).
     """
     values = _success_values(started_at, finished_at, full, warning)
+    if account is not None:
+        values.update(account)
     if lease_token is not None:
         values.update(lease_host=None, lease_pid=None, lease_token=None, lease_until=None)
     params = statements.update_params(integration_id, values, fence=lease_token)

@@ -651,7 +651,7 @@ class Syncer:
         currency = work.info.currency if work.info else state.currency
         link_ratios = state.platform == "meta" and self.settings.meta_clicks == "link"
         with write_transaction(self.db) as conn:
-            self._remember(conn, state, work)
+            self.access.save(conn, state, work.creds)  # a token refreshed during the fetch (a Google 401)
             written = campaign_rows.replace_window(conn, state.id, work.window, work.fetched, currency, started, link_ratios=link_ratios)
             rows = written.rows
             warnings = [*work.warnings, *written.warnings]
@@ -679,6 +679,7 @@ class Syncer:
                 full=work.window.full,
                 warning=_joined(warnings),
                 lease_token=work.claim.token,
+                account=self._account_values(work),
             )
             if not held:
                 raise work.claim.lost()
@@ -738,6 +739,12 @@ class Syncer:
                 next_attempt_at=closed,
                 warning=_joined(work.warnings),
             )
+
+    def _account_values(self, work: _Fetch) -> dict | None:
+        """The integration's columns for the account metadata this attempt read, if it read any."""
+        if work.info is None:
+            return None
+        return store.account_values(currency=work.info.currency, time_zone=work.info.time_zone, name=work.info.name, now=self.clock.now())
 
     def _remember(self, conn, state: IntegrationState, work: _Fetch) -> None:
         """Persist a token refreshed during the fetch (a Google 401) and first-sync account metadata, inside the caller's transaction."""
