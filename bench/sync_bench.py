@@ -1,6 +1,7 @@
 """End-to-end benchmark of emsync against the bundled sandbox, reported as ratios to what the machine and APIs allow.
 
-    python bench/sync_bench.py --scenario small|agency|steady --db sqlite|postgres [--concurrency N] [--latency-ms N] [--json]
+    python bench/sync_bench.py --scenario small|agency|steady --db sqlite|postgres [--concurrency N] [--processes N]
+                                [--latency-ms N] [--json]
                                 [--peer dlt [--peer-configs w20-keys,default,...]]
 
 The sandbox runs in its own process (so emsync's RSS and CPU are its own); the
@@ -144,21 +145,40 @@ def child_env(sandbox_env: dict, db_url: str, key: str, concurrency: int, tmp: P
     return env
 
 
-def run_sync(env: dict, extra: list[str]) -> dict:
-    """Run `emsync sync-all` as a child; wall time, its own peak RSS and CPU from wait4."""
+def run_sync(env: dict, extra: list[str], processes: int = 1) -> dict:
+    """Run `emsync sync-all` as a child; wall time, its own peak RSS and CPU from wait4.
+
+    ``processes`` > 1: that many children at once, each with EMSYNC_CONCURRENCY divided among them (the claims
+    split the integrations, as between hosts): worker processes measured without building them in. Wall until
+    the last exits; CPU summed; peak RSS the largest; the reports merged."""
+    each = dict(env, EMSYNC_CONCURRENCY=str(max(1, int(env["EMSYNC_CONCURRENCY"]) // processes)))
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "emsync", "sync-all", "--json", *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "emsync", "sync-all", "--json", *extra],
+            env=env if processes == 1 else each,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(processes)
+    ]
+    outs = [proc.stdout.read() for proc in procs]
+    finished = [os.wait4(proc.pid, 0) for proc in procs]
     wall = time.perf_counter() - started
-    report = json.loads(out)
+    reports = [json.loads(out) for out in outs]
+    report = reports[0]
+    if processes > 1:
+        report = {
+            "rows": sum(r["rows"] for r in reports),
+            "succeeded": sum(r["succeeded"] for r in reports),
+            "failed": sum(r["failed"] for r in reports),
+            "integrations": [i for r in reports for i in r["integrations"] if i.get("status") != "skipped"],
+        }
     return {
         "wall_s": wall,
-        "exit": os.waitstatus_to_exitcode(status),
-        "peak_rss_mb": usage.ru_maxrss / 1024,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "exit": max(os.waitstatus_to_exitcode(status) for _, status, _ in finished),
+        "peak_rss_mb": max(usage.ru_maxrss for _, _, usage in finished) / 1024,
+        "cpu_s": sum(usage.ru_utime + usage.ru_stime for _, _, usage in finished),
         "report": report,
     }
 
@@ -225,7 +245,14 @@ def request_log(url: str) -> list[dict]:
 
 
 def measure(
-    scenario: str, db_kind: str, concurrency: int, latency_ms: int, integrations: int | None = None, *, next_run: bool = False
+    scenario: str,
+    db_kind: str,
+    concurrency: int,
+    latency_ms: int,
+    integrations: int | None = None,
+    *,
+    next_run: bool = False,
+    processes: int = 1,
 ) -> dict:
     """One scenario end to end; with ``next_run`` the run after it too (the recent window), reported as ``next_run``."""
     from emsync.crypto import new_key
@@ -245,7 +272,7 @@ def measure(
             if scenario == "steady":
                 full = run_sync(env, [])
                 requests.post(f"{url}/__sandbox/reset", timeout=30)
-            result = run_sync(env, [])
+            result = run_sync(env, [], processes)
             log = request_log(url)
             report = result.pop("report")
             after = None
@@ -270,6 +297,7 @@ def measure(
         "integrations": n,
         "campaigns": CAMPAIGNS,
         "concurrency": concurrency,
+        "processes": processes,
         "latency_ms": latency_ms,
         "wall_s": round(result["wall_s"], 3),
         "network_bound_s": round(bound_network, 3),
@@ -334,9 +362,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-configs", help="comma-separated subset of the peer's configurations (default: all)")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     parser.add_argument("--integrations", type=int, help="override the scenario's number of integrations (smoke tests)")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="run the measured sync as N concurrent sync-all processes sharing --concurrency"
+    )
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.latency_ms < 0:
         parser.error("--concurrency must be >= 1 and --latency-ms >= 0")
+    if not 1 <= args.processes <= args.concurrency:
+        parser.error("--processes must be between 1 and --concurrency")
+    if args.processes > 1 and args.peer:
+        parser.error("--processes measures emsync alone: leave out --peer")
     peer_configs = None
     if args.peer:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -350,14 +385,17 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"unknown --peer-configs {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     elif args.peer_configs:
         parser.error("--peer-configs needs --peer dlt")
-    result = measure(args.scenario, args.db, args.concurrency, args.latency_ms, args.integrations, next_run=bool(args.peer))
+    result = measure(
+        args.scenario, args.db, args.concurrency, args.latency_ms, args.integrations, next_run=bool(args.peer), processes=args.processes
+    )
     if args.peer == "dlt":
         n = args.integrations or SCENARIOS[args.scenario]
         result["peer"] = compare(n, args.latency_ms, result, result.get("next_run"), peer_configs)
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        name = f"{args.scenario}-{args.db}-c{args.concurrency}-l{args.latency_ms}{'-dlt' if args.peer else ''}-{stamp}.json"
+        procs = f"-p{args.processes}" if args.processes > 1 else ""
+        name = f"{args.scenario}-{args.db}-c{args.concurrency}{procs}-l{args.latency_ms}{'-dlt' if args.peer else ''}-{stamp}.json"
         (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
     print(markdown([result]))
     if args.json:

@@ -47,6 +47,14 @@ def test_steady_run_is_one_request_per_integration():
     assert "steady_over_full" in report
 
 
+def test_worker_processes_split_the_integrations_between_them():
+    """--processes 2: two sync-all processes at once share the work through their claims, each integration once."""
+    report = _bench("--scenario", "small", "--integrations", "6", "--processes", "2")
+    assert report["processes"] == 2 and (report["succeeded"], report["failed"]) == (6, 0)
+    assert report["requests_by_kind"]["meta.insights"] == 6 and report["requests_by_kind"]["google.search_stream"] == 6
+    assert report["rows"] > 1000
+
+
 def test_backfill_bench_reports_requests_operations_and_a_free_rerun():
     result = subprocess.run(
         [
@@ -78,6 +86,8 @@ def test_peer_options_are_refused_before_anything_runs():
         (("--peer-configs", "w20-keys"), "--peer-configs needs --peer dlt"),
         (("--peer", "dlt", "--peer-configs", "w20-keys,w99-bogus"), "unknown --peer-configs w99-bogus"),
         (("--peer", "dlt", "--scenario", "steady"), "use --scenario agency or small"),
+        (("--processes", "0"), "--processes must be between 1 and --concurrency"),
+        (("--processes", "2", "--peer", "dlt"), "--processes measures emsync alone"),
     ):
         result = _bench_args(*args)
         assert result.returncode == 2, args
