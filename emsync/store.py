@@ -364,7 +364,9 @@ def account_values(*, currency: str | None, time_zone: str | None, name: str | N
 
 
 def save_account_info(conn, integration_id: int, *, currency: str | None, time_zone: str | None, name: str | None, now: datetime) -> None:
-    statements.update_by_id(conn, integrations_t, integration_id, account_values(currency=currency, time_zone=time_zone, name=name, now=now))
+    statements.update_by_id(
+        conn, integrations_t, integration_id, account_values(currency=currency, time_zone=time_zone, name=name, now=now)
+    )
 
 
 # ---------------------------------------------------------------- credentials
