@@ -272,7 +272,10 @@ def measure(
             if scenario == "steady":
                 full = run_sync(env, [])
                 requests.post(f"{url}/__sandbox/reset", timeout=30)
-            result = run_sync(env, [], processes)
+            # Several processes split the work only if one skips what another synced moments ago: the default
+            # freshness interval, not the 0 that lets the steady scenario re-sync on purpose (refused with steady).
+            measured_env = env if processes == 1 else {k: v for k, v in env.items() if k != "EMSYNC_MIN_INTERVAL_MINUTES"}
+            result = run_sync(measured_env, [], processes)
             log = request_log(url)
             report = result.pop("report")
             after = None
@@ -372,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--processes must be between 1 and --concurrency")
     if args.processes > 1 and args.peer:
         parser.error("--processes measures emsync alone: leave out --peer")
+    if args.processes > 1 and args.scenario == "steady":
+        parser.error("--processes measures a first sync: use --scenario agency or small")
     peer_configs = None
     if args.peer:
         sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -88,6 +88,7 @@ def test_peer_options_are_refused_before_anything_runs():
         (("--peer", "dlt", "--scenario", "steady"), "use --scenario agency or small"),
         (("--processes", "0"), "--processes must be between 1 and --concurrency"),
         (("--processes", "2", "--peer", "dlt"), "--processes measures emsync alone"),
+        (("--processes", "2", "--scenario", "steady"), "--processes measures a first sync"),
     ):
         result = _bench_args(*args)
         assert result.returncode == 2, args
