@@ -20,7 +20,6 @@ from typing import Any
 
 import msgspec
 
-from ..config import ATTRIBUTION_WINDOWS
 from ..domain import InsightRow, SyncWindow
 from ..errors import FatalApiError
 from ..numbers import ZERO, api_decimal, api_int, finite, readable
@@ -144,60 +143,26 @@ def pick_conversions(actions, action_values, types: tuple[str, ...], windows: tu
 
 
 def _listed(items, types: tuple[str, ...]) -> dict:
-    """{action_type: the action object} for the listed types only (most actions are clicks and views: skip them cheaply).
-    An action object is a dict (the general reading) or an ``_Action`` (the typed one); anything else is skipped."""
+    """{action_type: the action object} for the listed types only (most actions are clicks and views: skip them cheaply)."""
     found = {}
     if isinstance(items, list):
         for item in items:
-            if type(item) is _Action:
-                kind = item.action_type
-            elif isinstance(item, dict):
+            if isinstance(item, dict):
                 kind = item.get("action_type")
-            else:
-                continue
-            if kind in types:
-                found[kind] = item
+                if kind in types:
+                    found[kind] = item
     return found
 
 
-def _amount(item, windows: tuple[str, ...], what: str) -> Decimal:
+def _amount(item: dict | None, windows: tuple[str, ...], what: str) -> Decimal:
     if item is None:
         return ZERO
-    if type(item) is _Action:
-        if not windows:
-            return api_decimal(item.value, "Meta", what)
-        return sum((api_decimal(getattr(item, _WINDOW_FIELDS[w]), "Meta", what) for w in windows), ZERO)
     if not windows:
         return api_decimal(item.get("value", "0"), "Meta", what)
     total = ZERO
     for window in windows:
         total += api_decimal(item.get(window), "Meta", what)
     return total
-
-
-class _Action(msgspec.Struct, gc=False):
-    """One entry of ``actions`` / ``action_values`` as the typed decoder reads it (Ads Action Stats): the type, its
-    ``value`` under the query's attribution, and the window keys emsync may ask for (``ATTRIBUTION_WINDOWS``).
-    Values stay as sent: ``_amount`` reads only the chosen type's, as the general reading does. An absent key is
-    None, which counts 0 there as an absent key does."""
-
-    action_type: Any = None
-    value: Any = None
-    click_1d: Any = msgspec.field(default=None, name="1d_click")
-    click_7d: Any = msgspec.field(default=None, name="7d_click")
-    click_28d: Any = msgspec.field(default=None, name="28d_click")
-    view_1d: Any = msgspec.field(default=None, name="1d_view")
-    engaged_view_1d: Any = msgspec.field(default=None, name="1d_ev")
-
-
-_WINDOW_FIELDS = {
-    "1d_click": "click_1d",
-    "7d_click": "click_7d",
-    "28d_click": "click_28d",
-    "1d_view": "view_1d",
-    "1d_ev": "engaged_view_1d",
-}
-assert set(_WINDOW_FIELDS) == set(ATTRIBUTION_WINDOWS), "every window META_ATTRIBUTION accepts has a field in _Action"
 
 
 def parse_row(item: dict, types: tuple[str, ...], windows: tuple[str, ...] = ()) -> InsightRow:
@@ -260,8 +225,8 @@ class _Row(msgspec.Struct, gc=False):
     impressions: int = 0
     clicks: int = 0
     inline_link_clicks: int = 0
-    actions: list[_Action] | msgspec.UnsetType = msgspec.UNSET  # read by ``pick_conversions``
-    action_values: list[_Action] | msgspec.UnsetType = msgspec.UNSET
+    actions: Any = None  # read by ``pick_conversions``, whatever their shape
+    action_values: Any = None
 
 
 class InsightsPage(msgspec.Struct, gc=False):
@@ -305,7 +270,7 @@ def read_page(body: InsightsPage | dict, types: tuple[str, ...], windows: tuple[
         day = r.date_start
         if r.date_stop is not msgspec.UNSET and r.date_stop != day:
             _one_day(r.campaign_id, day, r.date_stop)
-        if not r.actions and not r.action_values:
+        if r.actions is None and r.action_values is None:
             conversions = revenue = ZERO
         else:
             conversions, revenue = pick_conversions(r.actions, r.action_values, types, windows)
