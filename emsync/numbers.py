@@ -36,19 +36,14 @@ def api_decimal(value: object, source: str, what: str = "number") -> Decimal:
 DOUBLE_MAX = Decimal(sys.float_info.max)
 
 
-def readable(value: Decimal) -> bool:
-    """Whether a typed decoder's Decimal is a number the general reading takes too: finite (the decoder accepts
-    "NaN" and "Infinity") and within a double's range (it reads the JSON number 1e400 exactly)."""
-    return value.is_finite() and -DOUBLE_MAX <= value <= DOUBLE_MAX
-
-
 def finite(value: Decimal, source: str, what: str = "number") -> Decimal:
-    """``value`` itself when ``readable``.
+    """A typed decoder's Decimal, when it is a number the general reading takes too: finite (the decoder accepts
+    "NaN" and "Infinity") and within a double's range (it reads the JSON number 1e400 exactly).
 
     Raises:
         FatalApiError: the same message as ``api_decimal``'s.
     """
-    if readable(value):
+    if value.is_finite() and -DOUBLE_MAX <= value <= DOUBLE_MAX:
         return value
     raise FatalApiError(f"{source} returned a {what} emsync cannot read: {str(value)[:40]!r}")
 

@@ -7,14 +7,14 @@ import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 
 from ..domain import Account, AccountInfo, Credentials, Fetched, InsightRow, SyncWindow, account_label
 from ..errors import AccountClosed, ApiError, FatalApiError, NeedsReauth, RetryableError
 from ..http import HttpClient, Service, read_body
-from ..numbers import ZERO, api_decimal, api_int, finite, readable
+from ..numbers import ZERO, api_decimal, api_int, finite
 from ..redaction import redact, register_secret
 from .base import CLOSED_ACCOUNT_RETRY, HttpConnector, campaign_id_text, issued_token, refuse_unasked_rows, side_step_warning
 
@@ -57,7 +57,7 @@ def parse_rows(batches) -> list[InsightRow]:
 
 
 class _Campaign(msgspec.Struct, gc=False):
-    id: str
+    id: Annotated[str, msgspec.Meta(min_length=1)]  # "": no id, read the general way (refused there)
     name: str | None = None
     status: Any = None
 
@@ -104,19 +104,17 @@ def decode_stream(raw: bytes) -> list | None:
 def _parse_typed(batch: _Batch, rows: list[InsightRow], statuses: dict[str, str]) -> None:
     for result in batch.results or ():
         campaign, metrics = result.campaign, result.metrics or _NO_METRICS
-        if not campaign.id:
-            raise _no_id_or_date()
         cost, conversions, value = metrics.costMicros, metrics.conversions, metrics.conversionsValue
         rows.append(
             InsightRow(
                 campaign.id,
                 result.segments.date,
                 campaign.name,
-                (cost if readable(cost) else finite(cost, "Google Ads", "cost")) / MICROS,
+                finite(cost, "Google Ads", "cost") / MICROS,
                 metrics.impressions,
                 metrics.clicks,
-                conversions if readable(conversions) else finite(conversions, "Google Ads", "conversion count"),
-                value if readable(value) else finite(value, "Google Ads", "conversion value"),
+                finite(conversions, "Google Ads", "conversion count"),
+                finite(value, "Google Ads", "conversion value"),
                 metrics.clicks,
             )
         )

@@ -16,13 +16,13 @@ import json
 import math
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from ..domain import InsightRow, SyncWindow
 from ..errors import FatalApiError
-from ..numbers import ZERO, api_decimal, api_int, finite, readable
+from ..numbers import ZERO, api_decimal, api_int, finite
 from .base import campaign_id_text
 
 FIELDS = "campaign_id,campaign_name,spend,impressions,clicks,inline_link_clicks,actions,action_values"
@@ -217,7 +217,7 @@ class _Row(msgspec.Struct, gc=False):
     ("12.34"), counts as integer strings. Absent numbers are 0, as ``parse_row`` reads them. No ``| None`` but on
     strings: the lenient decoder reads the string "null" as null for other types, where ``parse_row`` refuses it."""
 
-    campaign_id: str
+    campaign_id: Annotated[str, msgspec.Meta(min_length=1)]  # "": no id, read the general way (refused there)
     date_start: date
     date_stop: date | msgspec.UnsetType = msgspec.UNSET
     campaign_name: str | None = None
@@ -265,8 +265,6 @@ def read_page(body: InsightsPage | dict, types: tuple[str, ...], windows: tuple[
     rows: list[InsightRow] = []
     append = rows.append
     for r in body.data:
-        if not r.campaign_id:
-            raise _no_id_or_date()
         day = r.date_start
         if r.date_stop is not msgspec.UNSET and r.date_stop != day:
             _one_day(r.campaign_id, day, r.date_stop)
@@ -279,7 +277,7 @@ def read_page(body: InsightsPage | dict, types: tuple[str, ...], windows: tuple[
                 r.campaign_id,
                 day,
                 r.campaign_name,
-                r.spend if readable(r.spend) else finite(r.spend, "Meta", "spend"),
+                finite(r.spend, "Meta", "spend"),
                 r.impressions,
                 r.clicks,
                 conversions,
