@@ -23,7 +23,7 @@ from sqlmodel import SQLModel
 from . import statements, validate
 from .clock import utcnow
 from .crypto import TokenBox
-from .domain import Credentials, CredentialState, IntegrationState
+from .domain import AccountInfo, Credentials, CredentialState, IntegrationState
 from .errors import ConfigError, UnknownUser, UserError
 from .models import attempts_t, campaigns_t, credentials_t, integrations_t, metrics_t, users_t
 
@@ -358,15 +358,13 @@ def reset_integration(conn, integration_id: int) -> tuple[dict, dict]:
     return before, get_integration(conn, integration_id)
 
 
-def account_values(*, currency: str | None, time_zone: str | None, name: str | None, now: datetime) -> dict:
-    """The integration's columns for what the platform says about its account (``AccountInfo``)."""
-    return dict(currency=currency, time_zone=time_zone, account_name=name, updated_at=now)
+def account_values(info: AccountInfo, now: datetime) -> dict:
+    """The integration's columns for what the platform says about its account."""
+    return dict(currency=info.currency, time_zone=info.time_zone, account_name=info.name, updated_at=now)
 
 
-def save_account_info(conn, integration_id: int, *, currency: str | None, time_zone: str | None, name: str | None, now: datetime) -> None:
-    statements.update_by_id(
-        conn, integrations_t, integration_id, account_values(currency=currency, time_zone=time_zone, name=name, now=now)
-    )
+def save_account_info(conn, integration_id: int, info: AccountInfo, now: datetime) -> None:
+    statements.update_by_id(conn, integrations_t, integration_id, account_values(info, now))
 
 
 # ---------------------------------------------------------------- credentials

@@ -679,7 +679,7 @@ class Syncer:
                 full=work.window.full,
                 warning=_joined(warnings),
                 lease_token=work.claim.token,
-                account=self._account_values(work),
+                account=None if work.info is None else store.account_values(work.info, self.clock.now()),
             )
             if not held:
                 raise work.claim.lost()
@@ -740,19 +740,11 @@ class Syncer:
                 warning=_joined(work.warnings),
             )
 
-    def _account_values(self, work: _Fetch) -> dict | None:
-        """The integration's columns for the account metadata this attempt read, if it read any."""
-        if work.info is None:
-            return None
-        return store.account_values(currency=work.info.currency, time_zone=work.info.time_zone, name=work.info.name, now=self.clock.now())
-
     def _remember(self, conn, state: IntegrationState, work: _Fetch) -> None:
         """Persist a token refreshed during the fetch (a Google 401) and first-sync account metadata, inside the caller's transaction."""
         self.access.save(conn, state, work.creds)
         if work.info is not None:
-            store.save_account_info(
-                conn, state.id, currency=work.info.currency, time_zone=work.info.time_zone, name=work.info.name, now=self.clock.now()
-            )
+            store.save_account_info(conn, state.id, work.info, self.clock.now())
 
     def _log_result(self, result: IntegrationResult, run_id: int) -> None:
         if result.status in ("skipped", "not_started"):

@@ -294,7 +294,7 @@ class Backfiller:
         finally:
             self.google.settle(state.platform)
         with write_transaction(self.db) as conn:
-            store.save_account_info(conn, state.id, currency=info.currency, time_zone=info.time_zone, name=info.name, now=self.clock.now())
+            store.save_account_info(conn, state.id, info, self.clock.now())
             self._credentials().save(conn, state, creds)
             ledger.record(conn, operations=api.operations - before[1], source="backfill", now=self.clock.now(), integration_id=state.id)
         creds.changed = False
