@@ -155,10 +155,7 @@ def run_sync(env: dict, extra: list[str], processes: int = 1) -> dict:
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "emsync", "sync-all", "--json", *extra],
-            env=env if processes == 1 else each,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", "emsync", "sync-all", "--json", *extra], env=each, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
         for _ in range(processes)
     ]
