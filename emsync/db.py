@@ -11,7 +11,7 @@ import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import DatabaseError
+from .errors import ConfigError, DatabaseError
 
 log = logging.getLogger("emsync")
 
@@ -56,6 +56,7 @@ def make_engine(url: str, *, pool_size: int = 4, create: bool = False):
 
     Raises:
         DatabaseError: SQLite file missing (unless ``create``).
+        ConfigError: a PostgreSQL URL without its driver installed (the ``postgres`` extra).
     """
     from sqlalchemy import create_engine, event
 
@@ -101,15 +102,20 @@ def make_engine(url: str, *, pool_size: int = 4, create: bool = False):
     # the pool, the integration's attempt is recorded as failed and the next run retries it.
     # The pool is the whole budget: pool_size connections, no overflow; workers beyond it queue for a
     # connection (their transactions are short: claims, state reads, one write per integration).
-    return create_engine(
-        url,
-        poolclass=refusal_tolerant_pool(),
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_timeout=POOL_WAIT_S,
-        # application_name: an operator (and the tests) can count emsync's connections in pg_stat_activity.
-        connect_args={"connect_timeout": 10, "application_name": "emsync"},
-    )
+    try:
+        return create_engine(
+            url,
+            poolclass=refusal_tolerant_pool(),
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=POOL_WAIT_S,
+            # application_name: an operator (and the tests) can count emsync's connections in pg_stat_activity.
+            connect_args={"connect_timeout": 10, "application_name": "emsync"},
+        )
+    except ModuleNotFoundError as exc:  # the driver is the optional extra emsync[postgres]
+        raise ConfigError(
+            f"EMSYNC_DATABASE_URL is a PostgreSQL URL but its driver ({exc.name}) is not installed: pip install 'emsync[postgres]'"
+        ) from None
 
 
 # How long a worker waits for one of the pool's connections, and how long emsync keeps retrying when

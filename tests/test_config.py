@@ -334,3 +334,17 @@ def test_errors_about_a_value_found_later_say_where_it_was_set(cli, tmp_path, mo
     monkeypatch.setenv("CRON_SECRET", "short-secret")
     result = cli("--env-file", env_file, "serve")
     assert result.code == 2 and "shorter than 32 characters (set in the environment)" in result.err
+
+
+def test_a_postgresql_url_without_its_driver_says_which_extra_to_install(monkeypatch):
+    """The Quick start installs emsync without the postgres extra: pointing it at PostgreSQL must be a setting's
+    error (one line, exit 2), not an internal error."""
+    import sys
+
+    from emsync import db
+    from emsync.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"driver \(psycopg\) is not installed: pip install 'emsync\[postgres\]'") as caught:
+        db.make_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    assert caught.value.exit_code == 2
