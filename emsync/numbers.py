@@ -19,7 +19,7 @@ def api_decimal(value: object, source: str, what: str = "number") -> Decimal:
     """``value`` (a JSON string or number) as an exact Decimal; None or "" is 0.
 
     Raises:
-        FatalApiError: "{source} returned a {what} emsync cannot read: '...'".
+        FatalApiError: "{source} returned a(n) {what} emsync cannot read: '...'".
     """
     if value is None or value == "":
         return ZERO
@@ -28,7 +28,7 @@ def api_decimal(value: object, source: str, what: str = "number") -> Decimal:
     except (InvalidOperation, TypeError, ValueError):
         result = None
     if result is None or not result.is_finite():
-        raise FatalApiError(f"{source} returned a {what} emsync cannot read: {str(value)[:40]!r}")
+        raise _unreadable(value, source, what)
     return result
 
 
@@ -45,7 +45,12 @@ def finite(value: Decimal, source: str, what: str = "number") -> Decimal:
     """
     if value.is_finite() and -DOUBLE_MAX <= value <= DOUBLE_MAX:
         return value
-    raise FatalApiError(f"{source} returned a {what} emsync cannot read: {str(value)[:40]!r}")
+    raise _unreadable(value, source, what)
+
+
+def _unreadable(value: object, source: str, what: str) -> FatalApiError:
+    article = "an" if what[:1] in ("a", "e", "i", "o", "u") else "a"
+    return FatalApiError(f"{source} returned {article} {what} emsync cannot read: {str(value)[:40]!r}")
 
 
 def api_int(value: object, source: str, what: str = "count") -> int:

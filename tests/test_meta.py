@@ -293,3 +293,13 @@ def test_no_token_in_any_output_or_log(cli, make_sandbox, monkeypatch, tmp_path)
     captured = "".join(r.text for r in outputs) + log_file.read_text()
     assert "distinctive" not in captured and "EAAS" not in captured
     assert "sandbox-app-secret" not in captured
+
+
+def test_an_unreadable_number_is_named_with_its_article():
+    from emsync.errors import FatalApiError
+    from emsync.numbers import api_decimal, api_int
+
+    with pytest.raises(FatalApiError, match=r"^Meta returned an impression count emsync cannot read: 'x'$"):
+        api_int("x", "Meta", "impression count")
+    with pytest.raises(FatalApiError, match=r"^Meta returned a spend emsync cannot read: 'NaN'$"):
+        api_decimal("NaN", "Meta", "spend")
