@@ -338,12 +338,12 @@ def measure(
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| scenario | db | conc. | integrations | rows | requests | wall s | network bound s | write bound s | ratio | rows/s | peak RSS MB | CPU s |"
-    lines = [head, "|" + "---|" * head.count("|")[:-1] if False else "|---" * 13 + "|"]
+    columns = "scenario | db | conc. | proc. | integrations | rows | requests | wall s | network bound s | write bound s | ratio | rows/s | peak RSS MB | CPU s"
+    lines = [f"| {columns} |", "|---" * (columns.count("|") + 1) + "|"]
     for r in rows:
         lines.append(
-            f"| {r['scenario']} | {r['db']} | {r['concurrency']} | {r['integrations']} | {r['rows']} | {r['requests']} | "
-            f"{r['wall_s']} | {r['network_bound_s']} | {r['write_bound_s']} | {r['ratio']} | {r['rows_per_s']} | "
+            f"| {r['scenario']} | {r['db']} | {r['concurrency']} | {r.get('processes', 1)} | {r['integrations']} | {r['rows']} | "
+            f"{r['requests']} | {r['wall_s']} | {r['network_bound_s']} | {r['write_bound_s']} | {r['ratio']} | {r['rows_per_s']} | "
             f"{r['peak_rss_mb']} | {r['cpu_s']} |"
         )
     return "\n".join(lines)
@@ -368,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.latency_ms < 0:
         parser.error("--concurrency must be >= 1 and --latency-ms >= 0")
+    if args.integrations is not None and args.integrations < 1:
+        parser.error("--integrations must be >= 1")
     if not 1 <= args.processes <= args.concurrency:
         parser.error("--processes must be between 1 and --concurrency")
     if args.processes > 1 and args.peer:
@@ -391,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         args.scenario, args.db, args.concurrency, args.latency_ms, args.integrations, next_run=bool(args.peer), processes=args.processes
     )
     if args.peer == "dlt":
-        n = args.integrations or SCENARIOS[args.scenario]
+        n = args.integrations if args.integrations is not None else SCENARIOS[args.scenario]
         result["peer"] = compare(n, args.latency_ms, result, result.get("next_run"), peer_configs)
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,8 @@ def test_peer_options_are_refused_before_anything_runs():
         (("--processes", "0"), "--processes must be between 1 and --concurrency"),
         (("--processes", "2", "--peer", "dlt"), "--processes measures emsync alone"),
         (("--processes", "2", "--scenario", "steady"), "--processes measures a first sync"),
+        (("--integrations", "0"), "--integrations must be >= 1"),
+        (("--integrations", "-3"), "--integrations must be >= 1"),
     ):
         result = _bench_args(*args)
         assert result.returncode == 2, args
